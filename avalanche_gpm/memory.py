@@ -1,0 +1,136 @@
+"""The Gradient Projection Memory itself: per-layer bases and the gradient projection.
+
+No Avalanche here: :class:`GradientProjectionMemory` is driven by plain PyTorch code (the plugin
+in :mod:`avalanche_gpm.plugin` is one such driver).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from avalanche_gpm.projection import ProjectionForm, SubspaceProjector
+from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, grow_basis
+
+
+@dataclass(frozen=True)
+class LayerMemoryUsage:
+    """How much of one layer's input space is protected."""
+
+    basis_size: int
+    input_dim: int
+
+    @property
+    def fraction(self) -> float:
+        return self.basis_size / self.input_dim
+
+
+def gradient_matrix(layer: nn.Module) -> Tensor:
+    """The layer's gradient as an ``(out, input_dim)`` matrix (bias gradient as the last column)."""
+    grad = layer.weight.grad.reshape(layer.weight.shape[0], -1)
+    if layer.bias is None:
+        return grad
+    return torch.cat([grad, layer.bias.grad.unsqueeze(1)], dim=1)
+
+
+def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
+    """Write an ``(out, input_dim)`` matrix back into the layer's ``.grad`` fields."""
+    weight_columns = layer.weight[0].numel()
+    layer.weight.grad.copy_(matrix[:, :weight_columns].reshape(layer.weight.shape))
+    if layer.bias is not None:
+        layer.bias.grad.copy_(matrix[:, weight_columns])
+
+
+class GradientProjectionMemory:
+    """Orthonormal bases of the input spaces of protected layers, grown task by task.
+
+    :param input_dims: input dimension (bias included) of every protected layer, by name.
+    :param first_task_rule: ``"paper"`` or ``"official"`` rank rule for the first task, see
+        :func:`avalanche_gpm.subspace.first_task_rank`.
+    :param projection_form: force one projection form for every layer (default: cheapest).
+    """
+
+    def __init__(
+        self,
+        input_dims: Mapping[str, int],
+        first_task_rule: FirstTaskRule = "paper",
+        projection_form: ProjectionForm | None = None,
+    ):
+        if first_task_rule not in FIRST_TASK_RULES:
+            raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
+        self.input_dims = dict(input_dims)
+        self.first_task_rule: FirstTaskRule = first_task_rule
+        self.projection_form = projection_form
+        self.bases: dict[str, Tensor | None] = {name: None for name in self.input_dims}
+        self._projectors: dict[str, SubspaceProjector] = {}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.input_dims)
+
+    @property
+    def is_empty(self) -> bool:
+        """True before the first update: nothing is protected yet."""
+        return all(basis is None for basis in self.bases.values())
+
+    def update(self, grams: Mapping[str, Tensor], thresholds: Mapping[str, float]) -> None:
+        """Grow every layer's basis from the Gram matrix of its inputs on a finished task.
+
+        :param grams: ``R R^T`` of each layer's representation matrix, by layer name.
+        :param thresholds: energy threshold of each layer for this task.
+        """
+        for name in self.layer_names:
+            if name not in grams:
+                raise ValueError(f"no representation was captured for protected layer {name!r}")
+            self.bases[name] = grow_basis(self.bases[name], grams[name], thresholds[name], self.first_task_rule).cpu()
+        self._projectors.clear()
+
+    def usage(self) -> dict[str, LayerMemoryUsage]:
+        """Basis size and protected fraction of every layer's input space."""
+        return {
+            name: LayerMemoryUsage(0 if basis is None else basis.shape[1], self.input_dims[name])
+            for name, basis in self.bases.items()
+        }
+
+    def _projector(self, name: str, layer: nn.Module) -> SubspaceProjector:
+        if name not in self._projectors:
+            basis = self.bases[name].to(device=layer.weight.device, dtype=layer.weight.dtype)
+            self._projectors[name] = SubspaceProjector(basis, layer.weight.shape[0], self.projection_form)
+        return self._projectors[name]
+
+    @torch.no_grad()
+    def project_gradients(self, layers: Mapping[str, nn.Module]) -> None:
+        """Remove the protected component from the gradient of every layer, in place."""
+        for name, layer in layers.items():
+            basis = self.bases[name]
+            if basis is None or basis.shape[1] == 0 or layer.weight.grad is None:
+                continue
+            set_gradient_matrix(layer, self._projector(name, layer)(gradient_matrix(layer)))
+
+    def projection_forms(self) -> dict[str, ProjectionForm]:
+        """The projection form each layer uses (after the first projection)."""
+        return {name: projector.form for name, projector in self._projectors.items()}
+
+    def state_dict(self) -> dict:
+        return {"bases": dict(self.bases), "first_task_rule": self.first_task_rule}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        bases = state["bases"]
+        if set(bases) != set(self.input_dims):
+            raise ValueError(
+                f"GPM state holds layers {sorted(bases)} but this memory protects {sorted(self.input_dims)}; "
+                "load it into a plugin built for the same model and module selection"
+            )
+        for name, basis in bases.items():
+            if basis is not None and basis.shape[0] != self.input_dims[name]:
+                raise ValueError(
+                    f"GPM basis of layer {name!r} has dimension {basis.shape[0]}, "
+                    f"the layer's input has {self.input_dims[name]}"
+                )
+        self.bases = {name: None if basis is None else basis.clone() for name, basis in bases.items()}
+        self.first_task_rule = state["first_task_rule"]
+        self._projectors.clear()
+

@@ -1,0 +1,222 @@
+"""Gradient Projection Memory (Saha, Garg & Roy, ICLR 2021) as an Avalanche plugin."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import SupervisedPlugin
+from torch import nn
+from torch.utils.data import DataLoader
+
+from avalanche_gpm.capture import GramRecorder, input_dim
+from avalanche_gpm.memory import GradientProjectionMemory
+from avalanche_gpm.projection import ProjectionForm
+from avalanche_gpm.selection import LayerSelection, select_layers
+from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_num_samples, resolve_thresholds
+from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule
+
+
+class GPMPlugin(SupervisedPlugin):
+    """Gradient Projection Memory.
+
+    After each experience the plugin records the inputs of every protected layer on a few
+    training samples, and grows an orthonormal basis of the space they span (the energy
+    threshold decides how much of it). While later experiences train, ``after_backward`` removes
+    from each protected layer's gradient its component in that space, so the layer's response
+    to old inputs does not change. Normalisation layers' affine parameters learn on the first
+    experience only.
+
+    Use it with plain SGD (momentum is fine, weight decay is not: it moves weights inside the
+    protected space). Layers with a bias are protected as affine maps (the bias is the weight
+    of a constant input 1), which the paper's bias-free models do not need.
+
+    :param threshold: fraction of each layer's input energy to protect, in (0, 1]: a float, a
+        sequence with one value per protected layer (model order), a mapping by layer name, or a
+        callable ``task_index -> any of those`` (e.g. :class:`~avalanche_gpm.settings.LinearSchedule`
+        ``(0.97, 0.003)`` for the paper's CIFAR-100 schedule).
+    :param modules: names of the layers to protect; default every ``nn.Linear`` and
+        ``nn.Conv2d`` outside task heads and ``exclude``.
+    :param exclude: modules left unprotected (with their children), e.g. a task-specific head.
+        ``MultiHeadClassifier`` modules are always excluded.
+    :param num_samples: training samples whose inputs form each layer's representation: an int
+        or one per layer (default 300, the paper's PMNIST value; AlexNet uses
+        ``[24, 100, 100, 125, 125]``).
+    :param first_task_rule: ``"paper"`` keeps the smallest rank reaching the threshold on the
+        first experience; ``"official"`` keeps one direction fewer, as the authors' code does.
+    :param capture_batch_size: batch size of the capture pass; default all samples in one batch,
+        as the paper does (matters for BatchNorm with batch statistics).
+    :param projection_form: force ``"dense"``, ``"basis"`` or ``"complement"`` projection instead
+        of the cheapest per layer.
+    :param seed: seed of the sample selection for the capture.
+    """
+
+    def __init__(
+        self,
+        threshold: ThresholdSpec = 0.97,
+        *,
+        modules: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        num_samples: int | Sequence[int] | Mapping[str, int] = 300,
+        first_task_rule: FirstTaskRule = "paper",
+        capture_batch_size: int | None = None,
+        projection_form: ProjectionForm | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        check_threshold_spec(threshold)
+        if first_task_rule not in FIRST_TASK_RULES:
+            raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
+        if isinstance(modules, str) or isinstance(exclude, str):
+            raise TypeError("GPM `modules` and `exclude` take a list of module names, not a single string")
+        self.threshold = threshold
+        self.modules = None if modules is None else list(modules)
+        self.exclude = list(exclude)
+        self.num_samples = num_samples
+        self.first_task_rule: FirstTaskRule = first_task_rule
+        self.capture_batch_size = capture_batch_size
+        self.projection_form = projection_form
+        self.seed = seed
+
+        self.memory: GradientProjectionMemory | None = None
+        self.experiences_learned = 0
+        self.usage_history: list[dict[str, dict[str, int]]] = []
+        self._selection: LayerSelection | None = None
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def before_training_exp(self, strategy, **kwargs):
+        self._select(strategy.model)
+        self._check_optimizer(strategy.optimizer)
+        if self.experiences_learned > 0:
+            # A momentum buffer from the previous experience points inside the protected space.
+            for param in self._frozen_or_projected_parameters():
+                strategy.optimizer.state.pop(param, None)
+
+    def after_backward(self, strategy, **kwargs):
+        if self.experiences_learned == 0:
+            return
+        self.memory.project_gradients(self._selection.protected)
+        for norm in self._selection.norms.values():
+            for param in norm.parameters(recurse=False):
+                param.grad = None
+
+    def after_training_exp(self, strategy, **kwargs):
+        names = self.memory.layer_names
+        grams = self._capture(strategy)
+        self.memory.update(grams, resolve_thresholds(self.threshold, self.experiences_learned, names))
+        self.experiences_learned += 1
+        usage = self.memory.usage()
+        self.usage_history.append(
+            {name: {"basis_size": u.basis_size, "input_dim": u.input_dim} for name, u in usage.items()}
+        )
+        self._publish_usage(strategy, usage)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Bases, counters and memory history; restore with :meth:`load_state_dict`."""
+        return {
+            "memory": None if self.memory is None else self.memory.state_dict(),
+            "input_dims": None if self.memory is None else dict(self.memory.input_dims),
+            "experiences_learned": self.experiences_learned,
+            "usage_history": [dict(entry) for entry in self.usage_history],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore what :meth:`state_dict` returned (before training or between experiences)."""
+        if state["memory"] is not None:
+            memory = GradientProjectionMemory(state["input_dims"], self.first_task_rule, self.projection_form)
+            memory.load_state_dict(state["memory"])
+            self.memory = memory
+            self.first_task_rule = memory.first_task_rule
+            self._selection = None  # re-checked against the model at the next experience
+        self.experiences_learned = state["experiences_learned"]
+        self.usage_history = [dict(entry) for entry in state["usage_history"]]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _select(self, model: nn.Module) -> None:
+        selection = select_layers(model, self.modules, self.exclude)
+        dims = {name: input_dim(layer) for name, layer in selection.protected.items()}
+        if self.memory is None:
+            self.memory = GradientProjectionMemory(dims, self.first_task_rule, self.projection_form)
+        elif self.memory.input_dims != dims:
+            raise ValueError(
+                f"GPM memory was built for layers {self.memory.input_dims} but the model now has {dims}; "
+                "GPM needs the same protected layers in every experience"
+            )
+        if self._selection is None:
+            self._warn_about(selection)
+        self._selection = selection
+
+    @staticmethod
+    def _warn_about(selection: LayerSelection) -> None:
+        if selection.unprotected:
+            warnings.warn(
+                f"GPM leaves these trainable parameters unprotected, so they can change old tasks' outputs: "
+                f"{selection.unprotected}. Add their modules to `exclude` if they are task-specific."
+            )
+        if selection.running_stats:
+            warnings.warn(
+                f"normalisation layers {selection.running_stats} track running statistics, which drift on new "
+                "tasks and change old tasks' outputs whatever GPM does; the paper uses "
+                "BatchNorm(track_running_stats=False)."
+            )
+
+    def _frozen_or_projected_parameters(self):
+        for module in [*self._selection.protected.values(), *self._selection.norms.values()]:
+            yield from module.parameters(recurse=False)
+
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        guarded = {id(p) for p in self._frozen_or_projected_parameters()}
+        for group in optimizer.param_groups:
+            if group.get("weight_decay", 0) and any(id(p) in guarded for p in group["params"]):
+                raise ValueError(
+                    f"GPM cannot protect old tasks with weight_decay={group['weight_decay']}: decay moves "
+                    "weights inside the protected space. Set weight_decay=0 for the protected layers."
+                )
+        if not isinstance(optimizer, torch.optim.SGD):
+            warnings.warn(
+                f"GPM's guarantee holds for SGD; {type(optimizer).__name__} rescales the projected gradient "
+                "per coordinate, which moves weights inside the protected space."
+            )
+
+    @torch.no_grad()
+    def _capture(self, strategy) -> dict[str, torch.Tensor]:
+        names = self.memory.layer_names
+        num_samples = resolve_num_samples(self.num_samples, names)
+        dataset = strategy.experience.dataset.eval()
+        if len(dataset) == 0:
+            raise ValueError("GPM cannot build its memory from an empty experience")
+        loader = DataLoader(
+            dataset,
+            batch_size=self.capture_batch_size or max(num_samples.values()),
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed + self.experiences_learned),
+        )
+        recorder = GramRecorder(self._selection.protected, num_samples)
+        model = strategy.model
+        was_training = model.training
+        model.eval()
+        try:
+            with recorder.recording():
+                for x, _, task_labels, *_ in loader:
+                    avalanche_forward(model, x.to(strategy.device), task_labels.to(strategy.device))
+                    if recorder.done:
+                        break
+        finally:
+            model.train(was_training)
+        return recorder.grams
+
+    def _publish_usage(self, strategy, usage) -> None:
+        evaluator = getattr(strategy, "evaluator", None)
+        if evaluator is None:
+            return
+        step = self.experiences_learned - 1
+        for name, layer_usage in usage.items():
+            evaluator.publish_metric_value(MetricValue(self, f"GPM/basis_size/{name}", layer_usage.basis_size, step))
+            evaluator.publish_metric_value(MetricValue(self, f"GPM/memory_fraction/{name}", layer_usage.fraction, step))

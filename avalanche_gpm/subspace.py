@@ -1,0 +1,125 @@
+"""Subspace math shared by every projection method in the project (GPM, GainLoRA's gates, InfLoRA).
+
+Nothing here knows about Avalanche or about layers. A *representation* of a layer is the matrix
+``R`` (``in x n``) whose columns are inputs the layer saw; the functions take its Gram matrix
+``K = R R^T`` instead of ``R``. The left singular vectors of ``R`` are the eigenvectors of ``K``
+and its squared singular values are the eigenvalues of ``K``, so every quantity of the GPM
+energy criterion is available from ``K``, which can be accumulated batch by batch in ``in x in``
+memory however many columns (samples, im2col patches, tokens) ``R`` has.
+
+Bases are orthonormal column matrices ``M`` of shape ``(in, k)``. Decompositions run in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+FirstTaskRule = Literal["paper", "official"]
+FIRST_TASK_RULES: tuple[str, ...] = ("paper", "official")
+
+# Cumulative energy ratios are compared with this slack so that round-off (energy ~1e-16 in
+# directions the data does not span) cannot make a threshold of 1.0 unreachable.
+_ENERGY_SLACK = 1e-10
+
+
+def principal_directions(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigen-decompose a Gram matrix ``K = R R^T``.
+
+    :param gram: symmetric positive semi-definite ``(d, d)`` matrix.
+    :return: ``(U, s2)``: the directions (columns of ``U``, float64) sorted by decreasing energy
+        ``s2`` (the squared singular values of ``R``; round-off negatives clipped to zero).
+    """
+    gram = gram.double()
+    gram = (gram + gram.T) / 2  # accumulated Gram matrices drift from exact symmetry
+    s2, u = torch.linalg.eigh(gram)
+    order = torch.argsort(s2, descending=True)
+    return u[:, order], s2[order].clamp_min(0.0)
+
+
+def first_task_rank(s2: Tensor, threshold: float, rule: FirstTaskRule = "paper") -> int:
+    """Number of directions kept from the first representation (paper, eq. 5).
+
+    ``paper``: the smallest ``k`` whose directions hold at least ``threshold`` of the energy.
+    ``official``: the authors' code keeps ``sum(cumsum(ratio) < threshold)``, one direction
+    fewer than the paper (and none at all when the first direction alone reaches the threshold).
+
+    :param s2: energies (squared singular values) in decreasing order.
+    :param threshold: energy fraction in (0, 1].
+    :param rule: ``"paper"`` or ``"official"``.
+    """
+    if rule not in FIRST_TASK_RULES:
+        raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {rule!r}")
+    total = s2.sum()
+    if total <= 0:
+        return 0
+    below = int((torch.cumsum(s2 / total, 0) < threshold - _ENERGY_SLACK).sum())
+    return below if rule == "official" else min(below + 1, s2.numel())
+
+
+def residual_rank(residual_s2: Tensor, total: float, threshold: float) -> int:
+    """Number of residual directions to add for a later task (paper, eq. 8-9).
+
+    The energy already explained by the stored basis is ``(total - sum(residual_s2)) / total``;
+    residual directions are added in decreasing order until the explained fraction reaches
+    ``threshold``. The authors' code implements the same rule.
+
+    :param residual_s2: energies of the residual ``R - M M^T R``, in decreasing order.
+    :param total: energy of the full new representation ``||R||_F^2``.
+    :param threshold: energy fraction in (0, 1].
+    """
+    if total <= 0:
+        return 0
+    explained = (total - float(residual_s2.sum())) / total
+    if explained >= threshold - _ENERGY_SLACK:
+        return 0
+    reached = explained + torch.cumsum(residual_s2 / total, 0)
+    return min(int((reached < threshold - _ENERGY_SLACK).sum()) + 1, residual_s2.numel())
+
+
+def grow_basis(
+    basis: Tensor | None,
+    gram: Tensor,
+    threshold: float,
+    first_task_rule: FirstTaskRule = "paper",
+) -> Tensor:
+    """Extend an orthonormal basis so that it explains ``threshold`` of a new representation.
+
+    :param basis: the stored ``(d, k)`` basis, or ``None`` before the first task (the first-task
+        criterion is used then; an empty ``(d, 0)`` basis uses the incremental criterion).
+    :param gram: Gram matrix ``R R^T`` (``d x d``) of the new representation.
+    :param threshold: energy fraction in (0, 1].
+    :param first_task_rule: see :func:`first_task_rank`.
+    :return: the new basis, float64, with the old columns first; never more than ``d`` columns.
+    """
+    gram = gram.double()
+    dim = gram.shape[0]
+    if basis is None:
+        directions, s2 = principal_directions(gram)
+        return directions[:, : first_task_rank(s2, threshold, first_task_rule)]
+
+    basis = basis.to(gram)
+    complement = torch.eye(dim, dtype=gram.dtype, device=gram.device) - basis @ basis.T
+    directions, s2 = principal_directions(complement @ gram @ complement)
+    added = min(residual_rank(s2, float(torch.trace(gram)), threshold), dim - basis.shape[1])
+    if added == 0:
+        return basis
+    # In exact arithmetic the residual directions are already orthogonal to the basis; one more
+    # projection and a QR keep M^T M = I over many tasks (the official code appends them as-is).
+    new = directions[:, :added]
+    new, _ = torch.linalg.qr(new - basis @ (basis.T @ new))
+    return torch.cat([basis, new], dim=1)
+
+
+def project_out(rows: Tensor, basis: Tensor) -> Tensor:
+    """Remove from every row of ``rows`` (``(..., d)``) its component in ``span(basis)``."""
+    return rows - (rows @ basis) @ basis.T
+
+
+def orthogonal_complement(basis: Tensor) -> Tensor:
+    """Orthonormal ``(d, d - k)`` basis of the complement of ``span(basis)``."""
+    dim, rank = basis.shape
+    full, _ = torch.linalg.qr(basis.double(), mode="complete")
+    return full[:, rank:].to(basis.dtype) if rank < dim else basis.new_zeros(dim, 0)

@@ -1,0 +1,101 @@
+"""Subspace math: rank criteria, basis growth, projection forms."""
+
+import pytest
+import torch
+
+from avalanche_gpm.projection import SubspaceProjector, cheapest_form
+from avalanche_gpm.subspace import first_task_rank, grow_basis, orthogonal_complement, residual_rank
+
+
+def representation(singular_values, dim=10, columns=40, seed=0):
+    """R = U diag(s) V^T with the given singular values; returns (R, U)."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(columns, len(singular_values), generator=g, dtype=torch.float64))
+    s = torch.tensor(singular_values, dtype=torch.float64)
+    return u[:, : len(s)] @ torch.diag(s) @ v.T, u
+
+
+# energies 16, 4, 1, 1 (22 in all): cumulative ratios 0.727, 0.909, 0.955, 1.0
+SPECTRUM = [4.0, 2.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "threshold, paper, official",
+    [(0.7, 1, 0), (0.8, 2, 1), (0.95, 3, 2), (0.96, 4, 3), (1.0, 4, 3)],
+)
+def test_first_task_rank_on_known_spectrum(threshold, paper, official):
+    r, _ = representation(SPECTRUM)
+    basis = grow_basis(None, r @ r.T, threshold, "paper")
+    assert basis.shape[1] == paper
+    assert grow_basis(None, r @ r.T, threshold, "official").shape[1] == official
+    s2 = torch.tensor(SPECTRUM, dtype=torch.float64) ** 2
+    assert first_task_rank(s2, threshold, "paper") == paper
+    assert first_task_rank(s2, threshold, "official") == official
+
+
+def test_first_task_basis_spans_top_directions():
+    r, u = representation(SPECTRUM)
+    basis = grow_basis(None, r @ r.T, 0.8)
+    # the kept span equals the span of the two strongest left singular vectors
+    assert torch.allclose(basis @ basis.T, u[:, :2] @ u[:, :2].T, atol=1e-10)
+
+
+def test_residual_rank_counts_only_unexplained_energy():
+    # total 10; the basis already explains 6 of it; residual energies 3 and 1
+    residual = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    assert residual_rank(residual, 10.0, 0.5) == 0
+    assert residual_rank(residual, 10.0, 0.8) == 1
+    assert residual_rank(residual, 10.0, 0.95) == 2
+
+
+def test_incremental_growth_adds_directions_outside_the_basis():
+    _, u = representation(SPECTRUM)
+    first = u[:, :2]
+    # new task: energy 9 along u0 (explained) and 4, 1 along u5, u6 (new)
+    new = torch.stack([3 * u[:, 0], 2 * u[:, 5], u[:, 6]], dim=1)
+    grown = grow_basis(first, new @ new.T, 0.9)  # explained 9/14 -> needs u5 (13/14 >= 0.9)
+    assert grown.shape[1] == 3
+    assert torch.equal(grown[:, :2], first)
+    assert torch.allclose(grown[:, 2].abs(), u[:, 5].abs(), atol=1e-8)
+    assert grow_basis(first, new @ new.T, 0.6).shape[1] == 2  # 9/14 already explained
+
+
+def test_bases_stay_orthonormal_and_bounded_over_many_updates():
+    g = torch.Generator().manual_seed(1)
+    dim, basis = 24, None
+    for task in range(40):
+        r = torch.randn(dim, 6, generator=g) * torch.linspace(3, 0.1, 6)
+        basis = grow_basis(basis, r @ r.T, 0.95)
+        assert basis.shape[1] <= dim
+        eye = torch.eye(basis.shape[1], dtype=basis.dtype)
+        assert torch.allclose(basis.T @ basis, eye, atol=1e-5), f"lost orthonormality at task {task}"
+    assert basis.shape[1] == dim  # random tasks eventually fill the space
+
+
+@pytest.mark.parametrize("rank", [0, 3, 8, 12])
+def test_projection_forms_agree_and_remove_the_protected_component(rank):
+    g = torch.Generator().manual_seed(rank)
+    basis, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    basis = basis[:, :rank]
+    grad = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    projected = [SubspaceProjector(basis, 5, form)(grad) for form in ("dense", "basis", "complement")]
+    for other in projected[1:]:
+        assert torch.allclose(projected[0], other, atol=1e-10)
+    assert torch.allclose(projected[0] @ basis, torch.zeros(5, rank, dtype=torch.float64), atol=1e-10)
+    # what is left is untouched: projecting twice changes nothing
+    assert torch.allclose(SubspaceProjector(basis, 5)(projected[0]), projected[0], atol=1e-10)
+
+
+def test_cheapest_form_follows_the_cost_model():
+    assert cheapest_form(100, 784, 50) == "basis"
+    assert cheapest_form(100, 784, 700) == "complement"
+    assert cheapest_form(100, 100, 50) == "dense"  # tie: one product instead of two
+
+
+def test_orthogonal_complement_is_orthonormal_and_orthogonal():
+    basis, _ = torch.linalg.qr(torch.randn(9, 4, dtype=torch.float64))
+    comp = orthogonal_complement(basis)
+    assert comp.shape == (9, 5)
+    assert torch.allclose(comp.T @ comp, torch.eye(5, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(basis.T @ comp, torch.zeros(4, 5, dtype=torch.float64), atol=1e-10)
