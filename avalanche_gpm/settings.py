@@ -53,31 +53,38 @@ def check_threshold_spec(spec: ThresholdSpec) -> None:
         _check_value(spec, "")
 
 
-def per_layer(values: object, layer_names: Sequence[str], check: Callable[[object, str], T], what: str) -> dict[str, T]:
+def per_layer(
+    values: object,
+    layer_names: Sequence[str],
+    check: Callable[[object, str], T],
+    what: str,
+    context: str = "",
+) -> dict[str, T]:
     """Expand a per-layer setting (one value, a sequence in layer order, or a name mapping).
 
     :param values: the setting.
     :param layer_names: protected layer names in model order.
     :param check: validates and converts one value; gets the value and where it came from.
     :param what: name of the setting, for error messages.
+    :param context: where the setting came from (e.g. a schedule's task), for error messages.
     """
     if isinstance(values, Mapping):
         missing = [name for name in layer_names if name not in values]
         unknown = [name for name in values if name not in layer_names]
         if missing or unknown:
             raise ValueError(
-                f"{what} mapping must name every protected layer exactly: missing {missing}, "
+                f"{what} mapping{context} must name every protected layer exactly: missing {missing}, "
                 f"not protected {unknown}; protected layers are {list(layer_names)}"
             )
-        return {name: check(values[name], f" for layer {name!r}") for name in layer_names}
+        return {name: check(values[name], f"{context} for layer {name!r}") for name in layer_names}
     if isinstance(values, Sequence) and not isinstance(values, str):
         if len(values) != len(layer_names):
             raise ValueError(
-                f"{what} has {len(values)} values but {len(layer_names)} layers are protected "
+                f"{what}{context} has {len(values)} values but {len(layer_names)} layers are protected "
                 f"({list(layer_names)}); give one value per layer or a single value"
             )
-        return {name: check(value, f" for layer {name!r}") for name, value in zip(layer_names, values)}
-    return {name: check(values, "") for name in layer_names}
+        return {name: check(value, f"{context} for layer {name!r}") for name, value in zip(layer_names, values)}
+    return {name: check(values, context) for name in layer_names}
 
 
 def resolve_thresholds(spec: ThresholdSpec, task: int, layer_names: Sequence[str]) -> dict[str, float]:
@@ -89,7 +96,7 @@ def resolve_thresholds(spec: ThresholdSpec, task: int, layer_names: Sequence[str
     :param layer_names: protected layer names in model order.
     """
     if callable(spec):
-        return per_layer(spec(task), layer_names, _check_value, f"GPM threshold schedule at task {task}")
+        return per_layer(spec(task), layer_names, _check_value, "GPM threshold", f" of the schedule at task {task}")
     return per_layer(spec, layer_names, _check_value, "GPM threshold")
 
 

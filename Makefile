@@ -1,0 +1,24 @@
+# Two entry points: `make demo` (the main job on an embedded data set) and `make test`.
+# Both create the virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CUDA build these machines keep on disk; torchvision must come from the same release.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(PY) -m experiments.run
+
+test: venv
+	$(PY) -m pytest -q

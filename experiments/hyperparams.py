@@ -1,0 +1,66 @@
+"""Training hyper-parameters of one run, shared by every strategy, plus per-strategy options."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """Protocol of one run: optimiser, batches, epochs, and the options of each strategy.
+
+    :param lr: learning rate of plain SGD (no momentum, no weight decay).
+    :param batch_size: training minibatch size.
+    :param epochs: training epochs per experience.
+    :param eval_batch_size: evaluation minibatch size.
+    :param strategy_options: keyword arguments of each strategy's constructor by strategy name,
+        e.g. ``{"ewc": {"ewc_lambda": 10.0}, "gpm": {"threshold": 0.97}}``; strategies without an
+        entry get none.
+    """
+
+    lr: float
+    batch_size: int
+    epochs: int
+    eval_batch_size: int = 256
+    strategy_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def options(self, strategy: str) -> dict[str, Any]:
+        """Constructor keyword arguments specific to ``strategy``.
+
+        :param strategy: registered strategy name.
+        """
+        return dict(self.strategy_options.get(strategy, {}))
+
+    def replace(self, **changes: Any) -> Hyperparams:
+        """A copy with some fields changed, e.g. ``hp.replace(epochs=1)``."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form, as stored in run records."""
+        return {
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "eval_batch_size": self.eval_batch_size,
+            "strategy_options": jsonable(self.strategy_options),
+        }
+
+
+def jsonable(value: Any) -> Any:
+    """Convert options to JSON types; dataclasses (e.g. threshold schedules) keep their type name.
+
+    :param value: a nested structure of numbers, strings, sequences, mappings and dataclasses.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__, **{f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    # Anything else (a lambda schedule, say) is at least recorded recognisably.
+    return repr(value)
