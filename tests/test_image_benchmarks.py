@@ -1,0 +1,317 @@
+"""Image benchmark builders, on tiny data sets generated in every on-disk format they read."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from experiments.benchmarks import split_cifar
+from experiments.benchmarks.five_datasets import five_datasets
+from experiments.benchmarks.image_data import ImageBenchmark
+from experiments.benchmarks.mini_imagenet import mini_imagenet
+from experiments.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist
+from experiments.benchmarks.split_cifar import split_cifar10, split_cifar100
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+# ---- fixture writers ------------------------------------------------------------------------------
+
+
+def _images(count: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(count, *shape), dtype=np.uint8)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX as torchvision reads it: magic 0x08 (uint8) << 8 | number of dimensions, then big-endian sizes."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _write_mnist(root: Path, name: str, train: int, test: int, seed: int) -> None:
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", _images(count, (28, 28), seed + count))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10)
+
+
+def _jpeg(colour: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (colour, 255 - colour, colour // 2)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _write_cifar10_archive(root: Path, per_class: int = 3) -> None:
+    with tarfile.open(root / "cifar10-jpg.tar.xz", "w:xz") as tar:
+        for split in ("train", "test"):
+            for label, name in enumerate(reversed(CIFAR10_CLASSES)):  # stored out of order on purpose
+                for i in range(per_class):
+                    data = _jpeg(25 * (len(CIFAR10_CLASSES) - 1 - label) + i)
+                    member = tarfile.TarInfo(f"{split}/{name}/{i:04d}.jpg")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+
+
+def _pickle(path: Path, content: dict) -> None:
+    with open(path, "wb") as file:
+        pickle.dump(content, file)
+
+
+def _write_cifar10_pickles(root: Path) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]):
+        _pickle(folder / name, {"data": _images(10, (3072,), i), "labels": list(range(10))})
+    _pickle(folder / "batches.meta", {"label_names": list(CIFAR10_CLASSES)})
+
+
+def _write_cifar100(root: Path) -> None:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, per_class in (("train", 2), ("test", 1)):
+        labels = [c for c in range(100) for _ in range(per_class)]
+        content = {"data": _images(len(labels), (3072,), per_class), "fine_labels": labels, "coarse_labels": labels}
+        _pickle(folder / name, content)
+    _pickle(folder / "meta", {"fine_label_names": [f"class{c:03d}" for c in range(100)]})
+
+
+def _write_svhn(root: Path) -> None:
+    for name, count in (("train_32x32.mat", 40), ("test_32x32.mat", 20)):
+        digits = np.arange(count) % 10
+        labels = np.where(digits == 0, 10, digits).reshape(-1, 1).astype(np.uint8)
+        images = _images(count, (32, 32, 3), count).transpose(1, 2, 3, 0)  # SVHN stores (H, W, C, N)
+        scipy.io.savemat(root / name, {"X": images, "y": labels})
+
+
+def _write_notmnist(root: Path) -> None:
+    for split, per_class in (("train", 4), ("test", 2)):
+        for letter in "ABCDEFGHIJ":
+            folder = root / "notMNIST" / split / letter
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("L", (28, 28), 20 * i).save(folder / f"{letter}{i}.png")
+    (root / "notMNIST" / "train" / "A" / "broken.png").write_bytes(b"not a png")
+
+
+def _write_mini_imagenet_pickles(root: Path, per_class: int = 6) -> None:
+    folder = root / "miniImageNet"
+    folder.mkdir(parents=True)
+    # 10 classes over the three few-shot splits, listed out of name order on purpose.
+    splits = {"train": [9, 3, 0, 7, 5, 1], "val": [8, 2], "test": [6, 4]}
+    for split, classes in splits.items():
+        images = np.stack([np.full((84, 84, 3), 20 * c + i, np.uint8) for c in classes for i in range(per_class)])
+        class_dict = {f"n{c:08d}": list(range(k * per_class, (k + 1) * per_class)) for k, c in enumerate(classes)}
+        _pickle(folder / f"mini-imagenet-cache-{split}.pkl", {"image_data": images, "class_dict": class_dict})
+
+
+def _write_mini_imagenet_folder(root: Path) -> None:
+    for c in range(10):
+        folder = root / "miniImageNet" / "images" / f"n{c:08d}"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            (folder / f"{i}.jpg").write_bytes(_jpeg(20 * c, size=(100, 90)))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data root holding every format (the CIFAR-10 archive, not the pickles)."""
+    root = tmp_path_factory.mktemp("data")
+    _write_mnist(root, "MNIST", train=30, test=10, seed=0)
+    _write_mnist(root, "FashionMNIST", train=40, test=20, seed=1)
+    _write_cifar10_archive(root)
+    _write_cifar100(root)
+    _write_svhn(root)
+    _write_notmnist(root)
+    _write_mini_imagenet_pickles(root)
+    return root
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def _stream(result: ImageBenchmark, name: str) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """``(inputs, labels, task label)`` of every experience of a stream."""
+    experiences = getattr(result.benchmark, f"{name}_stream")
+    out = []
+    for exp in experiences:
+        samples = [exp.dataset[i] for i in range(len(exp.dataset))]
+        out.append((torch.stack([s[0] for s in samples]), torch.tensor([int(s[1]) for s in samples]), exp.task_label))
+    return out
+
+
+def _check_shapes(
+    result: ImageBenchmark, shape: tuple[int, ...], sizes: tuple[int, int, int], num_labels: int, task_labels: list[int]
+) -> None:
+    for name, size in zip(("train", "valid", "test"), sizes):
+        stream = _stream(result, name)
+        assert [task for _, _, task in stream] == task_labels
+        for x, y, _ in stream:
+            assert x.dtype == torch.float32 and tuple(x.shape) == (size, *shape)
+            assert y.min() >= 0 and y.max() < num_labels
+    assert [len(y) for _, y in result.val] == [sizes[1]] * len(task_labels)
+
+
+# ---- PMNIST ---------------------------------------------------------------------------------------
+
+
+def test_pmnist_shapes_labels_and_validation(data_root: Path) -> None:
+    result = pmnist(data_root, num_tasks=3)
+    _check_shapes(result, (784,), (27, 3, 10), 10, [0, 0, 0])
+    # Validation is the first 10% of the training file; inputs undo to integer pixels.
+    val_x, val_y = result.val[0]
+    assert val_y.tolist() == [0, 1, 2]
+    pixels = (val_x * MNIST_STD + MNIST_MEAN) * 255
+    assert torch.allclose(pixels, pixels.round(), atol=1e-3)
+
+
+def test_pmnist_permutations(data_root: Path) -> None:
+    first, again, other = (_stream(pmnist(data_root, num_tasks=2, seed=s), "train") for s in (0, 0, 1))
+    (x0, y0, _), (x1, y1, _) = first
+    assert torch.equal(x0, again[0][0]) and torch.equal(x1, again[1][0])
+    assert not torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert not torch.equal(x0, other[0][0])
+    # Every task shows the same images, only with its pixels permuted (the first task too).
+    assert torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)
+    # The fixture's training images (seed 0 + 30 images) after the 3 validation ones, unpermuted.
+    unpermuted = torch.from_numpy(_images(30, (28, 28), 30)[3:].reshape(27, -1)).float()
+    assert not torch.allclose((x0 * MNIST_STD + MNIST_MEAN) * 255, unpermuted, atol=1e-3)
+
+
+def test_pmnist_caps(data_root: Path) -> None:
+    result = pmnist(data_root, num_tasks=2, train_size_per_task=5, val_size_per_task=2, test_size_per_task=4)
+    _check_shapes(result, (784,), (5, 2, 4), 10, [0, 0])
+    (x0, y0, _), (x1, y1, _) = _stream(result, "train")
+    assert torch.equal(y0, y1) and torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists(),
+    reason=f"the offline MNIST copy is not at {SHARED_DATA}/MNIST/raw",
+)
+def test_pmnist_reads_the_shared_mnist() -> None:
+    result = pmnist(SHARED_DATA, num_tasks=2, train_size_per_task=100, val_size_per_task=20, test_size_per_task=50)
+    assert [len(e.dataset) for e in result.benchmark.train_stream] == [100, 100]
+    assert [len(y) for _, y in result.val] == [20, 20]
+    assert result.val[0][0].shape == (20, 784)
+
+
+# ---- Split CIFAR ----------------------------------------------------------------------------------
+
+
+def test_split_cifar10_from_archive_and_cache(data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    result = split_cifar10(data_root, cache_dir=tmp_path)
+    _check_shapes(result, (3, 32, 32), (5, 1, 6), 2, [0, 1, 2, 3, 4])
+    assert len(list(tmp_path.glob("cifar10-*.pt"))) == 1
+    # Classes follow the sorted folder names: task 0 is airplane (0) vs automobile (1), whose
+    # fixture colours are 0..2 and 25..27 in the red channel.
+    x, y, _ = _stream(result, "test")[0]
+    red = x[:, 0].mean(dim=(1, 2))
+    assert (red[y == 0] < red[y == 1].min()).all()
+
+    def no_decode(archive: Path):
+        raise AssertionError("the cached copy should have been used")
+
+    monkeypatch.setattr(split_cifar, "_decode_archive", no_decode)
+    cached = split_cifar10(data_root, cache_dir=tmp_path)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(result.val, cached.val))
+
+
+def test_split_cifar10_seeds_and_caps(data_root: Path, tmp_path: Path) -> None:
+    first, other = (split_cifar10(data_root, seed=s, cache_dir=tmp_path) for s in (0, 1))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first.val, other.val))
+    capped = split_cifar10(data_root, cache_dir=tmp_path, train_size_per_task=2, test_size_per_task=3)
+    _check_shapes(capped, (3, 32, 32), (2, 1, 3), 2, [0, 1, 2, 3, 4])
+
+
+def test_split_cifar10_from_torchvision_pickles(tmp_path: Path) -> None:
+    _write_cifar10_pickles(tmp_path)
+    result = split_cifar10(tmp_path, cache_dir=tmp_path / "cache")
+    assert len(result.benchmark.train_stream) == 5
+    assert not (tmp_path / "cache").exists()
+    # 50 training images, 5 per class, 2 classes per task: 9 to train and 1 to validate.
+    assert [len(e.dataset) for e in result.benchmark.train_stream] == [9] * 5
+    assert [len(e.dataset) for e in result.benchmark.test_stream] == [2] * 5
+
+
+def test_split_cifar100(data_root: Path) -> None:
+    result = split_cifar100(data_root)
+    _check_shapes(result, (3, 32, 32), (19, 1, 10), 10, list(range(10)))
+    for _, y, _ in _stream(result, "test"):
+        assert sorted(y.tolist()) == list(range(10))
+    assert len(split_cifar100(data_root, num_tasks=20).benchmark.train_stream) == 20
+    with pytest.raises(ValueError, match="divide"):
+        split_cifar100(data_root, num_tasks=3)
+
+
+# ---- 5-Datasets -----------------------------------------------------------------------------------
+
+
+def test_five_datasets(data_root: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="unreadable"):
+        result = five_datasets(data_root, cache_dir=tmp_path)
+    stream = _stream(result, "train")
+    assert [task for _, _, task in stream] == [0, 1, 2, 3, 4]
+    # CIFAR-10 30 train, MNIST 30, SVHN 40, Fashion-MNIST 40, notMNIST 40 (the broken PNG skipped).
+    assert [len(y) for _, y, _ in stream] == [29, 29, 38, 38, 38]
+    assert [len(y) for _, y in result.val] == [1, 1, 2, 2, 2]
+    assert [len(e.dataset) for e in result.benchmark.test_stream] == [30, 10, 20, 20, 20]
+    for x, y, _ in stream:
+        assert x.shape[1:] == (3, 32, 32) and set(y.tolist()) <= set(range(10))
+    assert set(stream[2][1].tolist()) == set(range(10))  # SVHN's label 10 became 0
+    mnist = stream[1][0]
+    assert torch.equal(mnist[:, 0], mnist[:, 2])  # grey copied to three channels
+    border = torch.cat([mnist[:, :, :2].flatten(), mnist[:, :, -2:].flatten(), mnist[:, :, :, :2].flatten()])
+    assert torch.allclose(border, border[0].expand_as(border))  # zero padding, normalised
+    assert border[0] < mnist.min() + 1e-6
+
+
+# ---- miniImageNet ---------------------------------------------------------------------------------
+
+
+def test_mini_imagenet_from_pickles(data_root: Path) -> None:
+    result = mini_imagenet(data_root, num_tasks=2, test_per_class=1)
+    _check_shapes(result, (3, 84, 84), (24, 1, 5), 5, [0, 1])
+    # Classes are sorted by name, so task 0 holds classes n..0 to n..4, whose images are darker.
+    tests = _stream(result, "test")
+    assert tests[0][0].mean() < tests[1][0].mean()
+    assert sorted(tests[0][1].tolist()) == list(range(5))
+    same, other = (mini_imagenet(data_root, num_tasks=2, test_per_class=1, seed=s) for s in (0, 1))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(result.val, same.val))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(result.val, other.val))
+
+
+def test_mini_imagenet_from_image_folders(tmp_path: Path) -> None:
+    _write_mini_imagenet_folder(tmp_path)
+    result = mini_imagenet(tmp_path, num_tasks=5, test_per_class=1)
+    _check_shapes(result, (3, 84, 84), (3, 1, 2), 2, [0, 1, 2, 3, 4])
+
+
+# ---- missing files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "names"),
+    [
+        (pmnist, ["MNIST/raw/train-images-idx3-ubyte", "--download"]),
+        (split_cifar10, ["cifar10-jpg.tar.xz", "cifar-10-batches-py", "--download"]),
+        (split_cifar100, ["cifar-100-python/train", "--download"]),
+        (five_datasets, ["cifar10-jpg.tar.xz", "MNIST/raw", "train_32x32.mat", "FashionMNIST/raw", "notMNIST/train"]),
+        (mini_imagenet, ["mini-imagenet-cache-train.pkl", "images/<class>", "cannot download"]),
+    ],
+)
+def test_missing_files_are_named(build, names: list[str], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        build(tmp_path)
+    for name in names:
+        assert name in str(error.value)
