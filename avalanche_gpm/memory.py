@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_gpm.projection import ProjectionForm, SubspaceProjector
-from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, grow_basis
+from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, basis_strengths, grow_basis, scaled_importance
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,14 @@ def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
         layer.bias.grad.copy_(matrix[:, weight_columns])
 
 
+def check_memory_options(first_task_rule: str, sgp_alpha: float | None) -> None:
+    """Fail early on options :class:`GradientProjectionMemory` cannot use."""
+    if first_task_rule not in FIRST_TASK_RULES:
+        raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
+    if sgp_alpha is not None and not sgp_alpha > 0:
+        raise ValueError(f"sgp_alpha must be a positive number (the SGP paper uses 10), got {sgp_alpha!r}")
+
+
 class GradientProjectionMemory:
     """Orthonormal bases of the input spaces of protected layers, grown task by task.
 
@@ -51,6 +59,8 @@ class GradientProjectionMemory:
     :param first_task_rule: ``"paper"`` or ``"official"`` rank rule for the first task, see
         :func:`avalanche_gpm.subspace.first_task_rank`.
     :param projection_form: force one projection form for every layer (default: cheapest).
+    :param sgp_alpha: ``None`` for GPM's orthogonal projection; a number for SGP's scaled
+        projection (Saha & Roy, AAAI 2023) with that importance coefficient (paper: 10).
     """
 
     def __init__(
@@ -58,13 +68,16 @@ class GradientProjectionMemory:
         input_dims: Mapping[str, int],
         first_task_rule: FirstTaskRule = "paper",
         projection_form: ProjectionForm | None = None,
+        sgp_alpha: float | None = None,
     ):
-        if first_task_rule not in FIRST_TASK_RULES:
-            raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
+        check_memory_options(first_task_rule, sgp_alpha)
         self.input_dims = dict(input_dims)
         self.first_task_rule: FirstTaskRule = first_task_rule
         self.projection_form = projection_form
+        self.sgp_alpha = sgp_alpha
         self.bases: dict[str, Tensor | None] = {name: None for name in self.input_dims}
+        # SGP: importance in [0, 1] of every basis direction (unused by plain GPM)
+        self.importances: dict[str, Tensor | None] = {name: None for name in self.input_dims}
         self._projectors: dict[str, SubspaceProjector] = {}
 
     @property
@@ -85,8 +98,22 @@ class GradientProjectionMemory:
         for name in self.layer_names:
             if name not in grams:
                 raise ValueError(f"no representation was captured for protected layer {name!r}")
-            self.bases[name] = grow_basis(self.bases[name], grams[name], thresholds[name], self.first_task_rule).cpu()
+            gram, old_basis = grams[name].double().cpu(), self.bases[name]
+            update = grow_basis(old_basis, gram, thresholds[name], self.first_task_rule)
+            if self.sgp_alpha is not None:
+                self.importances[name] = self._grow_importance(name, old_basis, gram, update.added_energies)
+            self.bases[name] = update.basis
         self._projectors.clear()
+
+    def _grow_importance(self, name: str, old_basis: Tensor | None, gram: Tensor, added_energies: Tensor) -> Tensor:
+        """SGP: importance of the old directions on the new task, accumulated, then the new ones'."""
+        old_strengths = gram.new_zeros(0) if old_basis is None else basis_strengths(old_basis, gram)
+        importance = scaled_importance(torch.cat([old_strengths, added_energies.sqrt()]), self.sgp_alpha)
+        previous = self.importances[name]
+        if previous is not None:
+            kept = previous.numel()
+            importance[:kept] = (importance[:kept] + previous).clamp(0.0, 1.0)
+        return importance
 
     def usage(self) -> dict[str, LayerMemoryUsage]:
         """Basis size and protected fraction of every layer's input space."""
@@ -97,8 +124,14 @@ class GradientProjectionMemory:
 
     def _projector(self, name: str, layer: nn.Module) -> SubspaceProjector:
         if name not in self._projectors:
-            basis = self.bases[name].to(device=layer.weight.device, dtype=layer.weight.dtype)
-            self._projectors[name] = SubspaceProjector(basis, layer.weight.shape[0], self.projection_form)
+            to_layer = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+            scales = self.importances[name]
+            self._projectors[name] = SubspaceProjector(
+                self.bases[name].to(**to_layer),
+                layer.weight.shape[0],
+                self.projection_form,
+                None if scales is None else scales.to(**to_layer),
+            )
         return self._projectors[name]
 
     @torch.no_grad()
@@ -115,7 +148,12 @@ class GradientProjectionMemory:
         return {name: projector.form for name, projector in self._projectors.items()}
 
     def state_dict(self) -> dict:
-        return {"bases": dict(self.bases), "first_task_rule": self.first_task_rule}
+        return {
+            "bases": dict(self.bases),
+            "importances": dict(self.importances),
+            "first_task_rule": self.first_task_rule,
+            "sgp_alpha": self.sgp_alpha,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         bases = state["bases"]
@@ -130,7 +168,12 @@ class GradientProjectionMemory:
                     f"GPM basis of layer {name!r} has dimension {basis.shape[0]}, "
                     f"the layer's input has {self.input_dims[name]}"
                 )
+        if state["sgp_alpha"] != self.sgp_alpha:
+            raise ValueError(
+                f"GPM state was saved with sgp_alpha={state['sgp_alpha']} but this memory uses {self.sgp_alpha}"
+            )
         self.bases = {name: None if basis is None else basis.clone() for name, basis in bases.items()}
+        self.importances = {name: None if imp is None else imp.clone() for name, imp in state["importances"].items()}
         self.first_task_rule = state["first_task_rule"]
         self._projectors.clear()
 

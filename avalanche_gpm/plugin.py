@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from avalanche_gpm.capture import GramRecorder, input_dim
-from avalanche_gpm.memory import GradientProjectionMemory
+from avalanche_gpm.memory import GradientProjectionMemory, check_memory_options
 from avalanche_gpm.projection import ProjectionForm
 from avalanche_gpm.selection import LayerSelection, select_layers
 from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_num_samples, resolve_thresholds
-from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule
+from avalanche_gpm.subspace import FirstTaskRule
 
 
 class GPMPlugin(SupervisedPlugin):
@@ -52,6 +52,10 @@ class GPMPlugin(SupervisedPlugin):
     :param projection_form: force ``"dense"``, ``"basis"`` or ``"complement"`` projection instead
         of the cheapest per layer.
     :param seed: seed of the sample selection for the capture.
+    :param sgp_alpha: ``None`` (default) for GPM's orthogonal projection; a number switches to
+        Scaled Gradient Projection (Saha & Roy, AAAI 2023): each protected direction is removed in
+        proportion to its importance ``(alpha+1) s / (alpha s + max s)``, accumulated over tasks,
+        so less important directions stay partly trainable (paper: ``alpha = 10``).
     """
 
     def __init__(
@@ -65,11 +69,10 @@ class GPMPlugin(SupervisedPlugin):
         capture_batch_size: int | None = None,
         projection_form: ProjectionForm | None = None,
         seed: int = 0,
+        sgp_alpha: float | None = None,
     ):
         super().__init__()
         check_threshold_spec(threshold)
-        if first_task_rule not in FIRST_TASK_RULES:
-            raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
         if isinstance(modules, str) or isinstance(exclude, str):
             raise TypeError("GPM `modules` and `exclude` take a list of module names, not a single string")
         self.threshold = threshold
@@ -80,6 +83,8 @@ class GPMPlugin(SupervisedPlugin):
         self.capture_batch_size = capture_batch_size
         self.projection_form = projection_form
         self.seed = seed
+        self.sgp_alpha = sgp_alpha
+        check_memory_options(first_task_rule, sgp_alpha)
 
         self.memory: GradientProjectionMemory | None = None
         self.experiences_learned = 0
@@ -129,7 +134,7 @@ class GPMPlugin(SupervisedPlugin):
     def load_state_dict(self, state: Mapping) -> None:
         """Restore what :meth:`state_dict` returned (before training or between experiences)."""
         if state["memory"] is not None:
-            memory = GradientProjectionMemory(state["input_dims"], self.first_task_rule, self.projection_form)
+            memory = self._new_memory(state["input_dims"])
             memory.load_state_dict(state["memory"])
             self.memory = memory
             self.first_task_rule = memory.first_task_rule
@@ -143,7 +148,7 @@ class GPMPlugin(SupervisedPlugin):
         selection = select_layers(model, self.modules, self.exclude)
         dims = {name: input_dim(layer) for name, layer in selection.protected.items()}
         if self.memory is None:
-            self.memory = GradientProjectionMemory(dims, self.first_task_rule, self.projection_form)
+            self.memory = self._new_memory(dims)
         elif self.memory.input_dims != dims:
             raise ValueError(
                 f"GPM memory was built for layers {self.memory.input_dims} but the model now has {dims}; "
@@ -152,6 +157,9 @@ class GPMPlugin(SupervisedPlugin):
         if self._selection is None:
             self._warn_about(selection)
         self._selection = selection
+
+    def _new_memory(self, input_dims: Mapping[str, int]) -> GradientProjectionMemory:
+        return GradientProjectionMemory(input_dims, self.first_task_rule, self.projection_form, self.sgp_alpha)
 
     @staticmethod
     def _warn_about(selection: LayerSelection) -> None:

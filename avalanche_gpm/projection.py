@@ -38,27 +38,42 @@ def projection_flops(form: ProjectionForm, out_dim: int, in_dim: int, rank: int)
     raise ValueError(f"unknown projection form {form!r}")
 
 
-def cheapest_form(out_dim: int, in_dim: int, rank: int) -> ProjectionForm:
-    """The form with the fewest flops; on a tie the one with fewer matrix products wins."""
-    forms: tuple[ProjectionForm, ...] = ("dense", "basis", "complement")
+def cheapest_form(
+    out_dim: int,
+    in_dim: int,
+    rank: int,
+    forms: tuple[ProjectionForm, ...] = ("dense", "basis", "complement"),
+) -> ProjectionForm:
+    """The form with the fewest flops among ``forms``; on a tie the earlier (fewer products) wins."""
     return min(forms, key=lambda form: projection_flops(form, out_dim, in_dim, rank))
 
 
 class SubspaceProjector:
     """Projects ``(out, in)`` matrices onto the orthogonal complement of a stored basis.
 
+    With ``scales`` it applies SGP's scaled projection ``g - g M diag(scales) M^T`` instead, which
+    removes each protected direction only in proportion to its importance; the complement form
+    exists for the plain projection only.
+
     :param basis: orthonormal ``(in, k)`` basis of the protected input space.
     :param out_dim: number of rows of the matrices that will be projected.
     :param form: force a form instead of choosing the cheapest.
+    :param scales: ``(k,)`` importances in [0, 1] of the basis directions (SGP).
     """
 
-    def __init__(self, basis: Tensor, out_dim: int, form: ProjectionForm | None = None):
+    def __init__(
+        self, basis: Tensor, out_dim: int, form: ProjectionForm | None = None, scales: Tensor | None = None
+    ):
         in_dim, rank = basis.shape
-        self.form: ProjectionForm = form or cheapest_form(out_dim, in_dim, rank)
+        if scales is not None and form == "complement":
+            raise ValueError("the complement form cannot apply a scaled (SGP) projection; use 'dense' or 'basis'")
+        allowed = ("dense", "basis") if scales is not None else ("dense", "basis", "complement")
+        self.form: ProjectionForm = form or cheapest_form(out_dim, in_dim, rank, allowed)
+        scaled = basis if scales is None else basis * scales.to(basis)
         if self.form == "dense":
-            self.operator = torch.eye(in_dim, dtype=basis.dtype, device=basis.device) - basis @ basis.T
+            self.operator = torch.eye(in_dim, dtype=basis.dtype, device=basis.device) - scaled @ basis.T
         elif self.form == "basis":
-            self.operator = basis
+            self.operator, self.back = basis, scaled
         else:
             self.operator = orthogonal_complement(basis)
 
@@ -67,5 +82,5 @@ class SubspaceProjector:
         if self.form == "dense":
             return matrix @ self.operator
         if self.form == "basis":
-            return torch.addmm(matrix, matrix @ self.operator, self.operator.T, alpha=-1)
+            return torch.addmm(matrix, matrix @ self.operator, self.back.T, alpha=-1)
         return (matrix @ self.operator) @ self.operator.T

@@ -38,6 +38,7 @@ class GPM(SupervisedTemplate):
         capture_batch_size: int | None = None,
         projection_form: ProjectionForm | None = None,
         seed: int = 0,
+        sgp_alpha: float | None = None,
         train_mb_size: int = 1,
         train_epochs: int = 1,
         eval_mb_size: int | None = None,
@@ -60,6 +61,7 @@ class GPM(SupervisedTemplate):
         :param capture_batch_size: batch size of the representation capture.
         :param projection_form: force a projection form instead of the cheapest.
         :param seed: seed of the capture's sample selection.
+        :param sgp_alpha: switch to Scaled Gradient Projection with this importance coefficient.
         :param train_mb_size: the train minibatch size.
         :param train_epochs: the number of training epochs per experience.
         :param eval_mb_size: the eval minibatch size.
@@ -78,6 +80,7 @@ class GPM(SupervisedTemplate):
             capture_batch_size=capture_batch_size,
             projection_form=projection_form,
             seed=seed,
+            sgp_alpha=sgp_alpha,
         )
         super().__init__(
             model=model,

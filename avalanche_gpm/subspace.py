@@ -12,7 +12,7 @@ Bases are orthonormal column matrices ``M`` of shape ``(in, k)``. Decompositions
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -79,12 +79,19 @@ def residual_rank(residual_s2: Tensor, total: float, threshold: float) -> int:
     return min(int((reached < threshold - _ENERGY_SLACK).sum()) + 1, residual_s2.numel())
 
 
+class BasisUpdate(NamedTuple):
+    """Result of :func:`grow_basis`: the new basis and the energies of the directions it added."""
+
+    basis: Tensor
+    added_energies: Tensor
+
+
 def grow_basis(
     basis: Tensor | None,
     gram: Tensor,
     threshold: float,
     first_task_rule: FirstTaskRule = "paper",
-) -> Tensor:
+) -> BasisUpdate:
     """Extend an orthonormal basis so that it explains ``threshold`` of a new representation.
 
     :param basis: the stored ``(d, k)`` basis, or ``None`` before the first task (the first-task
@@ -92,25 +99,41 @@ def grow_basis(
     :param gram: Gram matrix ``R R^T`` (``d x d``) of the new representation.
     :param threshold: energy fraction in (0, 1].
     :param first_task_rule: see :func:`first_task_rank`.
-    :return: the new basis, float64, with the old columns first; never more than ``d`` columns.
+    :return: the new basis (float64, old columns first, never more than ``d`` columns) and the
+        energies (squared singular values) of the added columns.
     """
     gram = gram.double()
     dim = gram.shape[0]
     if basis is None:
         directions, s2 = principal_directions(gram)
-        return directions[:, : first_task_rank(s2, threshold, first_task_rule)]
+        kept = first_task_rank(s2, threshold, first_task_rule)
+        return BasisUpdate(directions[:, :kept], s2[:kept])
 
     basis = basis.to(gram)
     complement = torch.eye(dim, dtype=gram.dtype, device=gram.device) - basis @ basis.T
     directions, s2 = principal_directions(complement @ gram @ complement)
     added = min(residual_rank(s2, float(torch.trace(gram)), threshold), dim - basis.shape[1])
     if added == 0:
-        return basis
+        return BasisUpdate(basis, s2[:0])
     # In exact arithmetic the residual directions are already orthogonal to the basis; one more
     # projection and a QR keep M^T M = I over many tasks (the official code appends them as-is).
     new = directions[:, :added]
     new, _ = torch.linalg.qr(new - basis @ (basis.T @ new))
-    return torch.cat([basis, new], dim=1)
+    return BasisUpdate(torch.cat([basis, new], dim=1), s2[:added])
+
+
+def basis_strengths(basis: Tensor, gram: Tensor) -> Tensor:
+    """``||R^T m_i||`` for every basis column ``m_i``: how strongly a representation uses each direction."""
+    basis = basis.to(gram.dtype)
+    return torch.einsum("di,de,ei->i", basis, gram, basis).clamp_min(0.0).sqrt()
+
+
+def scaled_importance(strengths: Tensor, alpha: float) -> Tensor:
+    """SGP's importance ``(alpha + 1) s / (alpha s + max s)``: 1 for the strongest direction,
+    close to 1 for strong ones and close to 0 for weak ones (Saha & Roy, AAAI 2023, eq. 2)."""
+    if strengths.numel() == 0 or float(strengths.max()) <= 0:
+        return torch.zeros_like(strengths)
+    return (alpha + 1) * strengths / (alpha * strengths + strengths.max())
 
 
 def project_out(rows: Tensor, basis: Tensor) -> Tensor:

@@ -26,9 +26,9 @@ SPECTRUM = [4.0, 2.0, 1.0, 1.0]
 )
 def test_first_task_rank_on_known_spectrum(threshold, paper, official):
     r, _ = representation(SPECTRUM)
-    basis = grow_basis(None, r @ r.T, threshold, "paper")
+    basis = grow_basis(None, r @ r.T, threshold, "paper").basis
     assert basis.shape[1] == paper
-    assert grow_basis(None, r @ r.T, threshold, "official").shape[1] == official
+    assert grow_basis(None, r @ r.T, threshold, "official").basis.shape[1] == official
     s2 = torch.tensor(SPECTRUM, dtype=torch.float64) ** 2
     assert first_task_rank(s2, threshold, "paper") == paper
     assert first_task_rank(s2, threshold, "official") == official
@@ -36,7 +36,7 @@ def test_first_task_rank_on_known_spectrum(threshold, paper, official):
 
 def test_first_task_basis_spans_top_directions():
     r, u = representation(SPECTRUM)
-    basis = grow_basis(None, r @ r.T, 0.8)
+    basis = grow_basis(None, r @ r.T, 0.8).basis
     # the kept span equals the span of the two strongest left singular vectors
     assert torch.allclose(basis @ basis.T, u[:, :2] @ u[:, :2].T, atol=1e-10)
 
@@ -54,11 +54,12 @@ def test_incremental_growth_adds_directions_outside_the_basis():
     first = u[:, :2]
     # new task: energy 9 along u0 (explained) and 4, 1 along u5, u6 (new)
     new = torch.stack([3 * u[:, 0], 2 * u[:, 5], u[:, 6]], dim=1)
-    grown = grow_basis(first, new @ new.T, 0.9)  # explained 9/14 -> needs u5 (13/14 >= 0.9)
+    grown, added = grow_basis(first, new @ new.T, 0.9)  # explained 9/14 -> needs u5 (13/14 >= 0.9)
     assert grown.shape[1] == 3
     assert torch.equal(grown[:, :2], first)
     assert torch.allclose(grown[:, 2].abs(), u[:, 5].abs(), atol=1e-8)
-    assert grow_basis(first, new @ new.T, 0.6).shape[1] == 2  # 9/14 already explained
+    assert torch.allclose(added, torch.tensor([4.0], dtype=torch.float64))
+    assert grow_basis(first, new @ new.T, 0.6).basis.shape[1] == 2  # 9/14 already explained
 
 
 def test_bases_stay_orthonormal_and_bounded_over_many_updates():
@@ -66,7 +67,7 @@ def test_bases_stay_orthonormal_and_bounded_over_many_updates():
     dim, basis = 24, None
     for task in range(40):
         r = torch.randn(dim, 6, generator=g) * torch.linspace(3, 0.1, 6)
-        basis = grow_basis(basis, r @ r.T, 0.95)
+        basis = grow_basis(basis, r @ r.T, 0.95).basis
         assert basis.shape[1] <= dim
         eye = torch.eye(basis.shape[1], dtype=basis.dtype)
         assert torch.allclose(basis.T @ basis, eye, atol=1e-5), f"lost orthonormality at task {task}"
