@@ -38,14 +38,20 @@ class Hyperparams:
         """A copy with some fields changed, e.g. ``hp.replace(epochs=1)``."""
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form, as stored in run records."""
+    def to_dict(self, strategy: str) -> dict[str, Any]:
+        """JSON-compatible protocol of one strategy's run, as stored in its record.
+
+        Only ``strategy``'s own options are included, so tuning one strategy does not change
+        the recorded configuration of the others.
+
+        :param strategy: registered strategy name.
+        """
         return {
             "lr": self.lr,
             "batch_size": self.batch_size,
             "epochs": self.epochs,
             "eval_batch_size": self.eval_batch_size,
-            "strategy_options": jsonable(self.strategy_options),
+            "options": jsonable(self.options(strategy)),
         }
 
 
@@ -55,7 +61,8 @@ def jsonable(value: Any) -> Any:
     :param value: a nested structure of numbers, strings, sequences, mappings and dataclasses.
     """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"type": type(value).__name__, **{f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        fields = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"type": type(value).__name__, **fields}
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

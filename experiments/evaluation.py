@@ -1,0 +1,37 @@
+"""What the runner needs from Avalanche's evaluation: a silent evaluator and accuracy rows."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin
+
+_EXPERIENCE_ACCURACY = "Top1_Acc_Exp/eval_phase/test_stream/"
+
+
+def quiet_evaluator() -> EvaluationPlugin:
+    """Per-experience and stream accuracy without loggers (the runner shows its own progress)."""
+    with warnings.catch_warnings():
+        # Having no logger is the point here, not a mistake.
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[])
+
+
+def accuracy_row(results: Mapping[str, float], num_experiences: int) -> list[float]:
+    """Test accuracy of every experience from the metrics returned by one ``strategy.eval``.
+
+    :param results: the dictionary ``strategy.eval(test_stream)`` returns.
+    :param num_experiences: number of experiences in the evaluated test stream.
+    :return: accuracy of experience ``0 .. num_experiences - 1``, whatever their task labels.
+    """
+    by_experience = {
+        int(key.rpartition("/Exp")[2]): float(value)
+        for key, value in results.items()
+        if key.startswith(_EXPERIENCE_ACCURACY)
+    }
+    missing = [j for j in range(num_experiences) if j not in by_experience]
+    if missing:
+        raise KeyError(f"no test accuracy for experiences {missing}; was the whole test stream evaluated?")
+    return [by_experience[j] for j in range(num_experiences)]

@@ -1,0 +1,63 @@
+"""Where a result came from: package versions, git commit, and peak memory of the process."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGES = ("torch", "avalanche-lib", "avalanche-gpm-gainlora")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of torch, Avalanche and this project (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    """The project's ``HEAD`` commit, or None outside a git checkout or without git."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def max_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (covers earlier runs of a sweep too)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def reset_cuda_peak(device: torch.device) -> None:
+    """Start a fresh CUDA peak-memory count for ``device`` (no-op off CUDA).
+
+    :param device: the training device.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak_mib(device: torch.device) -> float | None:
+    """CUDA memory peak since :func:`reset_cuda_peak`, in MiB; None off CUDA.
+
+    :param device: the training device.
+    """
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20

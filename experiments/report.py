@@ -1,0 +1,130 @@
+"""Summarise the run records of one output folder: table, CSV and figures.
+
+``python -m experiments.report results/permuted_digits`` rebuilds the report of a folder, e.g.
+after copying in records of seeds run elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.plots import plot_acc_bwt, plot_accuracy_matrices, plot_gpm_memory, plot_task_curves
+from experiments.tables import markdown_table, summarise, write_csv
+
+RECORD_PATTERN = "*_seed*.json"
+
+
+def load_records(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every run record of a folder.
+
+    :param out_dir: the sweep's output folder.
+    :raises FileNotFoundError: when the folder holds no record.
+    """
+    paths = sorted(Path(out_dir).glob(RECORD_PATTERN))
+    if not paths:
+        raise FileNotFoundError(f"no run records ({RECORD_PATTERN}) in {out_dir}")
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def group_by_strategy(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Records grouped by strategy; all must come from one benchmark.
+
+    :param records: run records.
+    """
+    benchmarks = {record["config"]["benchmark"] for record in records}
+    if len(benchmarks) > 1:
+        raise ValueError(f"records of several benchmarks {sorted(benchmarks)} in one folder; report them separately")
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[record["config"]["strategy"]].append(record)
+    return dict(groups)
+
+
+def mean_matrix(runs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Seed average of the accuracy matrices of one strategy.
+
+    :param runs: records of one strategy.
+    """
+    matrices = [np.asarray(run["accuracy_matrix"], dtype=float) for run in runs]
+    shapes = {m.shape for m in matrices}
+    if len(shapes) > 1:
+        raise ValueError(f"runs of {runs[0]['config']['strategy']} have accuracy matrices of shapes {sorted(shapes)}")
+    return np.mean(matrices, axis=0)
+
+
+def mean_memory_fractions(runs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Seed average of the protected fraction of each layer's input space after each task.
+
+    :param runs: records of one GPM-style strategy (with ``gpm_usage_history``).
+    """
+    def fractions(history: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, np.ndarray]:
+        return {
+            layer: np.array([entry[layer]["basis_size"] / entry[layer]["input_dim"] for entry in history])
+            for layer in history[0]
+        }
+
+    per_run = [fractions(run["gpm_usage_history"]) for run in runs]
+    return {layer: np.mean([run[layer] for run in per_run], axis=0) for layer in per_run[0]}
+
+
+def write_report(out_dir: str | os.PathLike) -> str:
+    """Write ``summary.md``, ``summary.csv`` and the figures of a folder's runs.
+
+    :param out_dir: the sweep's output folder.
+    :return: the markdown summary.
+    """
+    out = Path(out_dir)
+    groups = group_by_strategy(load_records(out))
+    summaries = summarise(groups)
+    order = [s.strategy for s in summaries]
+    matrices = {name: mean_matrix(groups[name]) for name in order}
+    benchmark = next(iter(groups.values()))[0]["config"]["benchmark"]
+    num_tasks = {matrix.shape[0] for matrix in matrices.values()}
+
+    markdown = "\n".join(
+        [
+            f"# {benchmark}: {', '.join(map(str, sorted(num_tasks)))} tasks",
+            "",
+            "ACC: mean final accuracy over tasks; BWT: mean change of each task's accuracy from just after "
+            "learning it to the end (GPM paper). Percent, mean ± sample std over seeds.",
+            "",
+            markdown_table(summaries),
+            "",
+        ]
+    )
+    (out / "summary.md").write_text(markdown)
+    write_csv(summaries, out / "summary.csv")
+
+    plot_accuracy_matrices(matrices, out / "accuracy_matrices.png")
+    plot_task_curves(matrices, out / "task_curves.png")
+    plot_acc_bwt(summaries, out / "acc_bwt.png")
+    memory = {
+        name: mean_memory_fractions(groups[name]) for name in order if groups[name][0].get("gpm_usage_history")
+    }
+    if memory:
+        plot_gpm_memory(memory, out / "gpm_memory.png")
+    return markdown
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: rebuild and print the report of a folder.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.report", description="Rebuild the table, CSV and figures of a folder of runs."
+    )
+    parser.add_argument("out_dir", help="folder holding <strategy>_seed<seed>.json run records")
+    print(write_report(parser.parse_args(argv).out_dir))
+
+
+if __name__ == "__main__":
+    main()

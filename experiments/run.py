@@ -1,0 +1,105 @@
+"""Run every (strategy, seed) pair of a benchmark, then write the report.
+
+``python -m experiments.run`` with no arguments runs the CPU demo: GPM, Naive and EWC on
+Permuted Digits with seed 0, into ``results/permuted_digits``. Runs whose record exists are
+skipped, so an interrupted sweep resumes when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from experiments.benchmarks import BENCHMARKS, get_benchmark
+from experiments.report import write_report
+from experiments.runner import run
+from experiments.strategies import STRATEGIES, check_strategy
+
+DEMO_STRATEGIES = "gpm,naive,ewc"
+
+
+def _comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
+    """argparse type for ``a,b,c``: each item converted (and validated) by ``item``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [item(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def _strategy(name: str) -> str:
+    check_strategy(name)
+    return name
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n\n")[0])
+    benchmarks = "; ".join(f"{name}: {spec.description}" for name, spec in sorted(BENCHMARKS.items()))
+    parser.add_argument(
+        "--benchmark",
+        default="permuted_digits",
+        choices=sorted(BENCHMARKS),
+        help=f"(default permuted_digits) {benchmarks}",
+    )
+    parser.add_argument(
+        "--strategies",
+        type=_comma_list(_strategy),
+        default=DEMO_STRATEGIES.split(","),
+        help=f"comma-separated, from: {', '.join(sorted(STRATEGIES))} (default {DEMO_STRATEGIES})",
+    )
+    parser.add_argument("--seeds", type=_comma_list(int), default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--out", help="output folder (default results/<benchmark>)")
+    parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
+    parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--epochs", type=_positive, help="override the preset's epochs per task")
+    parser.add_argument("--tasks", type=_positive, help="use only the first N tasks (smoke runs)")
+    parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
+    args = parser.parse_args(argv)
+    if not args.strategies or not args.seeds:
+        parser.error("--strategies and --seeds need at least one value")
+    args.out = args.out or f"results/{args.benchmark}"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the sweep and print its summary.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    """
+    args = parse_args(argv)
+    hyperparams = get_benchmark(args.benchmark).defaults
+    if args.epochs is not None:
+        hyperparams = hyperparams.replace(epochs=args.epochs)
+    for seed in args.seeds:
+        for strategy in args.strategies:
+            run(
+                args.benchmark,
+                strategy,
+                seed,
+                args.out,
+                hyperparams=hyperparams,
+                num_tasks=args.tasks,
+                data_root=args.data_root,
+                device=args.device,
+                force=args.force,
+            )
+    print(write_report(args.out))
+    print(f"Records, summary.md, summary.csv and figures are in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

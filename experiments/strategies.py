@@ -1,0 +1,67 @@
+"""Registry of continual-learning strategies and a factory that builds them from a preset.
+
+Avalanche's strategy wrappers (``Naive``, ``EWC``, ``AGEM``, ``Replay``, ...) and
+:class:`avalanche_gpm.GPM` share one keyword-only constructor signature, so the registry maps a
+name to the class itself; method-specific arguments (``ewc_lambda``, GPM's ``threshold``, a
+replay buffer size, ...) come from :meth:`Hyperparams.options` of the benchmark preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from avalanche.training import EWC, Naive
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+from avalanche_gpm import GPM
+from experiments.hyperparams import Hyperparams
+
+STRATEGIES: dict[str, Callable[..., SupervisedTemplate]] = {
+    "naive": Naive,
+    "ewc": EWC,
+    "gpm": GPM,
+}
+
+
+def check_strategy(name: str) -> None:
+    """Fail early on an unknown strategy name.
+
+    :param name: a key of :data:`STRATEGIES`.
+    :raises ValueError: listing the valid names.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
+
+
+def build_strategy(
+    name: str,
+    *,
+    model: nn.Module,
+    hyperparams: Hyperparams,
+    evaluator: EvaluationPlugin,
+    device: str | torch.device,
+) -> SupervisedTemplate:
+    """Build a strategy that trains ``model`` with plain SGD under the given preset.
+
+    :param name: registered strategy name (a key of :data:`STRATEGIES`).
+    :param model: the network, freshly initialised.
+    :param hyperparams: lr, batch sizes, epochs and the strategy's own options.
+    :param evaluator: the evaluation plugin collecting the metrics.
+    :param device: where to train.
+    """
+    check_strategy(name)
+    return STRATEGIES[name](
+        model=model,
+        # The paper's protocol: SGD without momentum or weight decay, the same for every method.
+        optimizer=torch.optim.SGD(model.parameters(), lr=hyperparams.lr),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=hyperparams.batch_size,
+        train_epochs=hyperparams.epochs,
+        eval_mb_size=hyperparams.eval_batch_size,
+        device=device,
+        evaluator=evaluator,
+        **hyperparams.options(name),
+    )

@@ -1,0 +1,82 @@
+"""Seed statistics of each strategy, as a markdown table and a CSV file."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_CSV_FIELDS = ("strategy", "acc_mean", "acc_std", "bwt_mean", "bwt_std", "num_seeds", "wall_time_mean_s")
+
+
+@dataclass(frozen=True)
+class StrategySummary:
+    """ACC and BWT of one strategy over seeds (fractions; std is NaN with a single seed)."""
+
+    strategy: str
+    acc_mean: float
+    acc_std: float
+    bwt_mean: float
+    bwt_std: float
+    num_seeds: int
+    wall_time_mean_s: float
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    # Sample std: seeds are a sample of the run-to-run variation; undefined for one seed.
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
+
+
+def summarise(runs_by_strategy: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[StrategySummary]:
+    """Seed statistics per strategy, best mean ACC first.
+
+    :param runs_by_strategy: run records (as the runner writes them) grouped by strategy name.
+    """
+    summaries = []
+    for strategy, runs in runs_by_strategy.items():
+        acc_mean, acc_std = _mean_std([run["acc"] for run in runs])
+        bwt_mean, bwt_std = _mean_std([run["bwt"] for run in runs])
+        wall = float(np.mean([run["wall_time_s"] for run in runs]))
+        summaries.append(StrategySummary(strategy, acc_mean, acc_std, bwt_mean, bwt_std, len(runs), wall))
+    return sorted(summaries, key=lambda s: s.acc_mean, reverse=True)
+
+
+def _percent(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f}" if math.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def markdown_table(summaries: Sequence[StrategySummary]) -> str:
+    """GitHub markdown table: ACC and BWT in percent, mean ± sample std over seeds.
+
+    :param summaries: rows, in display order.
+    """
+    lines = [
+        "| strategy | ACC (%) | BWT (%) | seeds | wall time (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s.strategy} | {_percent(s.acc_mean, s.acc_std)} | {_percent(s.bwt_mean, s.bwt_std)} "
+            f"| {s.num_seeds} | {s.wall_time_mean_s:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(summaries: Sequence[StrategySummary], path: str | os.PathLike) -> None:
+    """Write the summaries as CSV (fractions, not percent; empty std for a single seed).
+
+    :param summaries: rows, in display order.
+    :param path: the CSV file.
+    """
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(_CSV_FIELDS)
+        for s in summaries:
+            row = [getattr(s, name) for name in _CSV_FIELDS]
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
