@@ -11,18 +11,35 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from avalanche.training import EWC, Naive
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training import AGEM, EWC, Naive
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from avalanche_gpm import GPM
 from experiments.hyperparams import Hyperparams
 
+
+
+def er_reservoir(*, mem_size: int, **kwargs) -> SupervisedTemplate:
+    """Experience replay from a reservoir-sampled buffer (the GPM paper's ER-Reservoir baseline).
+
+    :param mem_size: buffer size in samples, over all experiences.
+    :param kwargs: the keyword arguments of :class:`~avalanche.training.Naive`.
+    """
+    replay = ReplayPlugin(mem_size, storage_policy=ReservoirSamplingBuffer(max_size=mem_size))
+    return Naive(plugins=[replay], **kwargs)
+
+
 STRATEGIES: dict[str, Callable[..., SupervisedTemplate]] = {
     "naive": Naive,
     "ewc": EWC,
+    "agem": AGEM,
+    "replay": er_reservoir,
     "gpm": GPM,
+    # SGP is GPM with a scaled projection: the preset gives it `sgp_alpha`.
+    "sgp": GPM,
 }
 
 
