@@ -61,7 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEMO_STRATEGIES.split(","),
         help=f"comma-separated, from: {', '.join(sorted(STRATEGIES))} (default {DEMO_STRATEGIES})",
     )
-    parser.add_argument("--seeds", type=_comma_list(int), default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument(
+        "--seeds", type=_comma_list(int), nargs="+", default=[[0]], help="seeds, e.g. '0 1 2' or 0,1,2 (default 0)"
+    )
     parser.add_argument("--out", help="output folder (default results/<benchmark>)")
     parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
     parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
@@ -69,6 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=_positive, help="use only the first N tasks (smoke runs)")
     parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
     args = parser.parse_args(argv)
+    args.seeds = [seed for group in args.seeds for seed in group]
     if not args.strategies or not args.seeds:
         parser.error("--strategies and --seeds need at least one value")
     args.out = args.out or f"results/{args.benchmark}"
