@@ -9,16 +9,34 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class LRScheduleConfig:
+    """The GPM paper's per-task learning-rate decay on validation loss.
+
+    See :class:`~experiments.plugins.ValidationLRSchedule`, which applies it.
+
+    :param factor: divisor of the learning rate after ``patience`` epochs without improvement.
+    :param patience: epochs without a better validation loss before the learning rate is divided.
+    :param lr_min: a task stops once its divided learning rate is below this.
+    """
+
+    factor: float
+    patience: int
+    lr_min: float
+
+
+@dataclass(frozen=True)
 class Hyperparams:
     """Protocol of one run: optimiser, batches, epochs, and the options of each strategy.
 
     :param lr: learning rate of plain SGD (no momentum, no weight decay).
     :param batch_size: training minibatch size.
-    :param epochs: training epochs per experience.
+    :param epochs: training epochs per experience (the most, with ``lr_schedule``).
     :param eval_batch_size: evaluation minibatch size.
     :param strategy_options: keyword arguments of each strategy's constructor by strategy name,
         e.g. ``{"ewc": {"ewc_lambda": 10.0}, "gpm": {"threshold": 0.97}}``; strategies without an
         entry get none.
+    :param lr_schedule: decay the learning rate on the validation loss and keep the best-validation
+        weights of each task; ``None`` trains every task for ``epochs`` at ``lr``.
     """
 
     lr: float
@@ -26,6 +44,7 @@ class Hyperparams:
     epochs: int
     eval_batch_size: int = 256
     strategy_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    lr_schedule: LRScheduleConfig | None = None
 
     def options(self, strategy: str) -> dict[str, Any]:
         """Constructor keyword arguments specific to ``strategy``.
@@ -42,17 +61,21 @@ class Hyperparams:
         """JSON-compatible protocol of one strategy's run, as stored in its record.
 
         Only ``strategy``'s own options are included, so tuning one strategy does not change
-        the recorded configuration of the others.
+        the recorded configuration of the others. ``lr_schedule`` appears only when set, so
+        records written before it existed still match their configuration and are skipped.
 
         :param strategy: registered strategy name.
         """
-        return {
+        record = {
             "lr": self.lr,
             "batch_size": self.batch_size,
             "epochs": self.epochs,
             "eval_batch_size": self.eval_batch_size,
             "options": jsonable(self.options(strategy)),
         }
+        if self.lr_schedule is not None:
+            record["lr_schedule"] = jsonable(self.lr_schedule)
+        return record
 
 
 def jsonable(value: Any) -> Any:

@@ -1,5 +1,7 @@
 """Figures of a sweep: accuracy matrices, per-task curves, GPM memory, and ACC/BWT bars.
 
+A joint (multitask) run has a ``1 x T`` matrix, its final accuracies, and no BWT.
+
 Figures are built with :class:`matplotlib.figure.Figure` and saved with the Agg renderer, so
 nothing here needs a display or touches pyplot's global state.
 """
@@ -21,10 +23,15 @@ def _save(figure: Figure, path: str | os.PathLike) -> None:
     figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def plot_accuracy_matrices(matrices: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """One annotated heat map of ``A[t, j]`` (in percent) per strategy.
+def _is_joint(matrix: np.ndarray) -> bool:
+    # Sequential training gives one row per task; joint training only the final one.
+    return matrix.shape[0] < matrix.shape[1]
 
-    :param matrices: seed-averaged ``T x T`` accuracy matrix by strategy.
+
+def plot_accuracy_matrices(matrices: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+    """One annotated heat map of ``A[t, j]`` (in percent) per strategy; a single row for joint runs.
+
+    :param matrices: seed-averaged ``T x T`` (joint: ``1 x T``) accuracy matrix by strategy.
     :param path: the PNG file.
     """
     figure = Figure(figsize=(_PANEL * len(matrices), _PANEL))
@@ -38,9 +45,13 @@ def plot_accuracy_matrices(matrices: Mapping[str, np.ndarray], path: str | os.Pa
                 colour = "black" if matrix[t, j] > 0.6 else "white"
                 ax.text(j, t, f"{100 * matrix[t, j]:.0f}", ha="center", va="center", fontsize=7, color=colour)
         ax.set_xticks(range(cols))
-        ax.set_yticks(range(rows))
         ax.set_xlabel("evaluated task")
-        ax.set_ylabel("trained up to task")
+        if _is_joint(matrix):
+            ax.set_yticks([0], ["all"])
+            ax.set_ylabel("trained jointly on")
+        else:
+            ax.set_yticks(range(rows))
+            ax.set_ylabel("trained up to task")
         ax.set_title(strategy)
     figure.colorbar(image, ax=list(axes), shrink=0.8, label="test accuracy")
     _save(figure, path)
@@ -49,16 +60,23 @@ def plot_accuracy_matrices(matrices: Mapping[str, np.ndarray], path: str | os.Pa
 def plot_task_curves(matrices: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     """Accuracy of every task from the step it is learned to the end, one panel per strategy.
 
-    :param matrices: seed-averaged ``T x T`` accuracy matrix by strategy.
+    A joint run has no curve: its final accuracy of each task is a dash at the last step.
+
+    :param matrices: seed-averaged ``T x T`` (joint: ``1 x T``) accuracy matrix by strategy.
     :param path: the PNG file.
     """
     figure = Figure(figsize=(_PANEL * len(matrices), _PANEL * 0.8))
     axes = figure.subplots(1, len(matrices), squeeze=False, sharey=True)[0]
     for ax, (strategy, matrix) in zip(axes, matrices.items()):
-        steps = matrix.shape[0]
-        for task in range(matrix.shape[1]):
-            ax.plot(range(task, steps), matrix[task:, task], marker="o", markersize=3, label=f"task {task}")
+        steps = matrix.shape[1]
+        for task in range(steps):
+            if _is_joint(matrix):
+                ax.plot([steps - 1], matrix[:, task], marker="_", markersize=14, mew=2, label=f"task {task}")
+            else:
+                ax.plot(range(task, steps), matrix[task:, task], marker="o", markersize=3, label=f"task {task}")
         ax.set_xticks(range(steps))
+        # Fixed limits: a joint panel's data alone would squeeze it to the last step.
+        ax.set_xlim(-0.5, steps - 0.5)
         ax.set_ylim(0.0, 1.0)
         ax.set_xlabel("trained up to task")
         ax.set_title(strategy)
@@ -92,6 +110,8 @@ def plot_gpm_memory(fractions: Mapping[str, Mapping[str, np.ndarray]], path: str
 def plot_acc_bwt(summaries: Sequence[StrategySummary], path: str | os.PathLike) -> None:
     """Bars of ACC and BWT (percent) per strategy, with the seed std as error bars.
 
+    Strategies without BWT (joint training) get no BWT bar but an "n/a" label in its place.
+
     :param summaries: one row per strategy, in display order.
     :param path: the PNG file.
     """
@@ -102,10 +122,21 @@ def plot_acc_bwt(summaries: Sequence[StrategySummary], path: str | os.PathLike) 
         (acc_ax, [s.acc_mean for s in summaries], [s.acc_std for s in summaries], "ACC (%)"),
         (bwt_ax, [s.bwt_mean for s in summaries], [s.bwt_std for s in summaries], "BWT (%)"),
     ):
+        means = 100 * np.asarray(means, dtype=float)
         stds = 100 * np.asarray(stds, dtype=float)
         # Single-seed strategies have no spread: no error bar rather than a zero-length one.
         errors = None if np.isnan(stds).all() else np.nan_to_num(stds)
-        ax.bar(names, 100 * np.asarray(means), yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(names))])
+        undefined = np.isnan(means)
+        ax.bar(
+            names,
+            np.where(undefined, 0.0, means),
+            yerr=errors,
+            capsize=4,
+            color=[f"C{i}" for i in range(len(names))],
+        )
+        for position in np.flatnonzero(undefined):
+            # x in data, y in axes coordinates: mid-height whatever the sign of the other bars.
+            ax.text(position, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center", va="center")
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)

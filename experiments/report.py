@@ -87,7 +87,15 @@ def write_report(out_dir: str | os.PathLike) -> str:
     order = [s.strategy for s in summaries]
     matrices = {name: mean_matrix(groups[name]) for name in order}
     benchmark = next(iter(groups.values()))[0]["config"]["benchmark"]
-    num_tasks = {matrix.shape[0] for matrix in matrices.values()}
+    # Columns, not rows: a joint run's matrix is a single row over all tasks.
+    num_tasks = {matrix.shape[1] for matrix in matrices.values()}
+    # Records written before joint runs existed have no "joint" field.
+    joint = [name for name in order if groups[name][0].get("joint", False)]
+    joint_note = (
+        [f"{', '.join(joint)}: multitask upper bound, trained once on all tasks together; BWT undefined (–).", ""]
+        if joint
+        else []
+    )
 
     markdown = "\n".join(
         [
@@ -96,6 +104,7 @@ def write_report(out_dir: str | os.PathLike) -> str:
             "ACC: mean final accuracy over tasks; BWT: mean change of each task's accuracy from just after "
             "learning it to the end (GPM paper). Percent, mean ± sample std over seeds.",
             "",
+            *joint_note,
             markdown_table(summaries),
             "",
         ]

@@ -1,5 +1,8 @@
 """One run: a strategy trained experience by experience on a benchmark, saved as a JSON record.
 
+The ``joint`` strategy (the multitask upper bound) instead trains once on all experiences; its
+record holds a single row of final accuracies, and no BWT.
+
 Records are named ``<strategy>_seed<seed>.json``; a run whose record exists is skipped (and its
 record returned), so an interrupted sweep resumes where it stopped.
 """
@@ -14,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from avalanche.benchmarks.scenarios import CLStream
+from avalanche.benchmarks.scenarios import CLScenario, CLStream
+from avalanche.training import JointTraining
 from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
@@ -23,8 +28,9 @@ from experiments.benchmarks import get_benchmark
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
+from experiments.plugins import ValidationLRSchedule
 from experiments.provenance import cuda_peak_mib, git_commit, max_rss_mib, package_versions, reset_cuda_peak
-from experiments.strategies import build_strategy, check_strategy
+from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
 
 def result_path(out_dir: str | os.PathLike, strategy_name: str, seed: int) -> Path:
@@ -53,7 +59,8 @@ def run(
     """Train and evaluate one (benchmark, strategy, seed) and write its record.
 
     After each training experience the model is evaluated on the whole test stream, which gives
-    one row of the accuracy matrix ``A[t, j]``.
+    one row of the accuracy matrix ``A[t, j]``. A joint run is trained once on all experiences
+    and evaluated once: its matrix is that single row, its ``bwt`` is None and ``joint`` is true.
 
     :param benchmark_name: registered benchmark name.
     :param strategy_name: registered strategy name.
@@ -67,13 +74,18 @@ def run(
     :param force: rerun and overwrite an existing record.
     :param progress: show a progress bar over experiences, and say when a run is skipped.
     :return: the record (also when it was read back from an existing file).
-    :raises ValueError: for unknown names, or when an existing record was made with another
-        configuration (rerun with ``force`` or use another ``out_dir``).
+    :raises ValueError: for unknown names, when an existing record was made with another
+        configuration (rerun with ``force`` or use another ``out_dir``), or when the preset has a
+        learning-rate schedule and the benchmark lacks a validation stream.
     """
     spec = get_benchmark(benchmark_name)
     check_strategy(strategy_name)
     if hyperparams is None:
         hyperparams = spec.defaults
+    if STRATEGIES[strategy_name] is JointTraining and hyperparams.lr_schedule is not None:
+        # The schedule validates one task at a time; joint training has no per-task phases, so it
+        # trains the preset's (maximum) epochs at the base lr. The record's config says so.
+        hyperparams = hyperparams.replace(lr_schedule=None)
     config = {
         "benchmark": benchmark_name,
         "strategy": strategy_name,
@@ -97,20 +109,28 @@ def run(
         train_stream, test_stream = train_stream[:num_tasks], test_stream[:num_tasks]
     torch_device = torch.device(device)
     strategy = build_strategy(
-        strategy_name, model=spec.model(), hyperparams=hyperparams, evaluator=quiet_evaluator(), device=torch_device
+        strategy_name,
+        model=spec.model(),
+        hyperparams=hyperparams,
+        evaluator=quiet_evaluator(),
+        device=torch_device,
+        plugins=_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)),
     )
 
     reset_cuda_peak(torch_device)
+    joint = isinstance(strategy, JointTraining)
     matrix, wall_time, train_time = _train_and_evaluate(
-        strategy, train_stream, test_stream, f"{strategy_name} seed {seed}", progress
+        strategy, train_stream, test_stream, f"{strategy_name} seed {seed}", progress, joint
     )
-    acc, bwt = acc_bwt(matrix)
+    # A joint run has only the final row: ACC is its mean, and BWT (forgetting) is undefined.
+    acc, bwt = (sum(matrix[0]) / len(matrix[0]), None) if joint else acc_bwt(matrix)
     gpm = getattr(strategy, "gpm", None)
     record = {
         "config": config,
         "accuracy_matrix": matrix,
         "acc": acc,
         "bwt": bwt,
+        "joint": joint,
         "wall_time_s": wall_time,
         "train_time_s": train_time,
         "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
@@ -122,23 +142,63 @@ def run(
     return record
 
 
+def _schedule_plugins(
+    benchmark: CLScenario, benchmark_name: str, hyperparams: Hyperparams, num_tasks: int
+) -> list[SupervisedPlugin]:
+    """The validation learning-rate schedule of the preset, if it has one.
+
+    :param benchmark: the built benchmark; needs a ``valid_stream`` when the preset has a schedule.
+    :param benchmark_name: quoted in errors.
+    :param hyperparams: the run's protocol.
+    :param num_tasks: number of training experiences of the run.
+    :raises ValueError: when the benchmark has no validation stream, or a shorter one.
+    """
+    schedule = hyperparams.lr_schedule
+    if schedule is None:
+        return []
+    valid_stream = getattr(benchmark, "valid_stream", None)
+    if valid_stream is None or len(valid_stream) < num_tasks:
+        found = "none" if valid_stream is None else f"{len(valid_stream)} experiences"
+        raise ValueError(
+            f"the learning-rate schedule needs a validation stream with one experience per task; "
+            f"{benchmark_name} has {found} for {num_tasks} tasks (drop lr_schedule from the hyperparameters)"
+        )
+    return [
+        ValidationLRSchedule(
+            valid_stream[:num_tasks],
+            factor=schedule.factor,
+            patience=schedule.patience,
+            lr_min=schedule.lr_min,
+            eval_mb_size=hyperparams.eval_batch_size,
+        )
+    ]
+
+
 def _train_and_evaluate(
-    strategy: SupervisedTemplate, train_stream: CLStream, test_stream: CLStream, label: str, progress: bool
+    strategy: SupervisedTemplate,
+    train_stream: CLStream,
+    test_stream: CLStream,
+    label: str,
+    progress: bool,
+    joint: bool = False,
 ) -> tuple[list[list[float]], float, float]:
     """Train experience by experience, evaluating the whole test stream after each.
 
+    :param joint: train once on the whole stream instead (``JointTraining`` concatenates the
+        experiences itself and refuses a second ``train``), which gives a single row.
     :return: the accuracy matrix, the wall time of the loop and the time spent training.
     """
     matrix: list[list[float]] = []
     train_time = 0.0
     start = time.perf_counter()
-    bar = tqdm(train_stream, desc=label, unit="task", disable=not progress)
-    for experience in bar:
+    steps = [train_stream] if joint else train_stream
+    bar = tqdm(steps, desc=label, unit="run" if joint else "task", disable=not progress)
+    for step in bar:
         train_start = time.perf_counter()
-        strategy.train(experience)
+        strategy.train(step)
         train_time += time.perf_counter() - train_start
         matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream)))
-        seen = matrix[-1][: len(matrix)]
+        seen = matrix[-1] if joint else matrix[-1][: len(matrix)]
         bar.set_postfix(acc_seen=f"{sum(seen) / len(seen):.3f}")
     return matrix, time.perf_counter() - start, train_time
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from avalanche.training import AGEM, EWC, Naive
-from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from avalanche.training import AGEM, EWC, JointTraining, Naive
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin, SupervisedPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
@@ -22,14 +22,15 @@ from experiments.hyperparams import Hyperparams
 
 
 
-def er_reservoir(*, mem_size: int, **kwargs) -> SupervisedTemplate:
+def er_reservoir(*, mem_size: int, plugins: list[SupervisedPlugin] | None = None, **kwargs) -> SupervisedTemplate:
     """Experience replay from a reservoir-sampled buffer (the GPM paper's ER-Reservoir baseline).
 
     :param mem_size: buffer size in samples, over all experiences.
+    :param plugins: further plugins, run before the replay plugin.
     :param kwargs: the keyword arguments of :class:`~avalanche.training.Naive`.
     """
     replay = ReplayPlugin(mem_size, storage_policy=ReservoirSamplingBuffer(max_size=mem_size))
-    return Naive(plugins=[replay], **kwargs)
+    return Naive(plugins=[*(plugins or []), replay], **kwargs)
 
 
 STRATEGIES: dict[str, Callable[..., SupervisedTemplate]] = {
@@ -40,6 +41,8 @@ STRATEGIES: dict[str, Callable[..., SupervisedTemplate]] = {
     "gpm": GPM,
     # SGP is GPM with a scaled projection: the preset gives it `sgp_alpha`.
     "sgp": GPM,
+    # Multitask upper bound: one training on all experiences at once (the runner special-cases it).
+    "joint": JointTraining,
 }
 
 
@@ -60,6 +63,7 @@ def build_strategy(
     hyperparams: Hyperparams,
     evaluator: EvaluationPlugin,
     device: str | torch.device,
+    plugins: list[SupervisedPlugin] | None = None,
 ) -> SupervisedTemplate:
     """Build a strategy that trains ``model`` with plain SGD under the given preset.
 
@@ -68,6 +72,7 @@ def build_strategy(
     :param hyperparams: lr, batch sizes, epochs and the strategy's own options.
     :param evaluator: the evaluation plugin collecting the metrics.
     :param device: where to train.
+    :param plugins: further plugins, run before the strategy's own (e.g. before GPM's memory update).
     """
     check_strategy(name)
     return STRATEGIES[name](
@@ -80,5 +85,6 @@ def build_strategy(
         eval_mb_size=hyperparams.eval_batch_size,
         device=device,
         evaluator=evaluator,
+        plugins=plugins,
         **hyperparams.options(name),
     )

@@ -16,7 +16,10 @@ _CSV_FIELDS = ("strategy", "acc_mean", "acc_std", "bwt_mean", "bwt_std", "num_se
 
 @dataclass(frozen=True)
 class StrategySummary:
-    """ACC and BWT of one strategy over seeds (fractions; std is NaN with a single seed)."""
+    """ACC and BWT of one strategy over seeds (fractions; std is NaN with a single seed).
+
+    ``bwt_mean`` and ``bwt_std`` are NaN where BWT is undefined: joint training, or a single task.
+    """
 
     strategy: str
     acc_mean: float
@@ -41,18 +44,22 @@ def summarise(runs_by_strategy: Mapping[str, Sequence[Mapping[str, Any]]]) -> li
     summaries = []
     for strategy, runs in runs_by_strategy.items():
         acc_mean, acc_std = _mean_std([run["acc"] for run in runs])
-        bwt_mean, bwt_std = _mean_std([run["bwt"] for run in runs])
+        bwts = [run["bwt"] for run in runs]
+        # Joint runs record no BWT (None): NaN marks it as not applicable.
+        bwt_mean, bwt_std = (math.nan, math.nan) if None in bwts else _mean_std(bwts)
         wall = float(np.mean([run["wall_time_s"] for run in runs]))
         summaries.append(StrategySummary(strategy, acc_mean, acc_std, bwt_mean, bwt_std, len(runs), wall))
     return sorted(summaries, key=lambda s: s.acc_mean, reverse=True)
 
 
 def _percent(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "–"
     return f"{100 * mean:.2f}" if math.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def markdown_table(summaries: Sequence[StrategySummary]) -> str:
-    """GitHub markdown table: ACC and BWT in percent, mean ± sample std over seeds.
+    """GitHub markdown table: ACC and BWT in percent, mean ± sample std over seeds ("–": undefined).
 
     :param summaries: rows, in display order.
     """
@@ -69,7 +76,8 @@ def markdown_table(summaries: Sequence[StrategySummary]) -> str:
 
 
 def write_csv(summaries: Sequence[StrategySummary], path: str | os.PathLike) -> None:
-    """Write the summaries as CSV (fractions, not percent; empty std for a single seed).
+    """Write the summaries as CSV (fractions, not percent; empty std for a single seed, empty BWT
+    where it is undefined).
 
     :param summaries: rows, in display order.
     :param path: the CSV file.

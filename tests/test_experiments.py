@@ -110,7 +110,7 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="permuted_digits"):
         get_benchmark("mnist9")
     model = BENCHMARKS["permuted_digits"].model()
-    with pytest.raises(ValueError, match="ewc, gpm, naive"):
+    with pytest.raises(ValueError, match="ewc, gpm, joint, naive"):
         build_strategy("sgd", model=model, hyperparams=tiny_hyperparams(), evaluator=None, device="cpu")
     with pytest.raises(SystemExit):
         parse_args(["--strategies", "gpm,foo"])
