@@ -13,8 +13,9 @@ from avalanche.benchmarks.scenarios import CLScenario
 from torch import nn
 
 from avalanche_gpm.models import alexnet, pmnist_mlp, reduced_resnet18
-from avalanche_gpm.settings import LinearSchedule
+from avalanche_gpm.settings import LinearSchedule, ThresholdSpec
 from experiments.benchmarks.five_datasets import five_datasets
+from experiments.benchmarks.image_data import ImageBenchmark
 from experiments.benchmarks.mini_imagenet import mini_imagenet
 from experiments.benchmarks.permuted_digits import NUM_CLASSES, NUM_FEATURES, permuted_digits
 from experiments.benchmarks.pmnist import pmnist
@@ -47,36 +48,27 @@ def _permuted_digits(seed: int, data_root: str | None) -> CLScenario:
     return permuted_digits(num_tasks=10, seed=seed)
 
 
-def _requires_root(name: str, data_root: str | None) -> str:
-    if data_root is None:
-        raise ValueError(f"benchmark {name!r} reads files: pass --data-root (on these machines ../shared/data)")
-    return data_root
+def _from_files(name: str, builder: Callable[..., ImageBenchmark]) -> BenchmarkBuilder:
+    """Adapt an image-benchmark builder that needs a data root to :data:`BenchmarkBuilder`."""
 
+    def build(seed: int, data_root: str | None) -> CLScenario:
+        if data_root is None:
+            raise ValueError(f"benchmark {name!r} reads files: pass --data-root (on these machines ../shared/data)")
+        return builder(data_root, seed=seed).benchmark
 
-def _pmnist(seed: int, data_root: str | None) -> CLScenario:
-    return pmnist(_requires_root("pmnist", data_root), num_tasks=10, seed=seed).benchmark
-
-
-def _split_cifar10(seed: int, data_root: str | None) -> CLScenario:
-    return split_cifar10(_requires_root("split_cifar10", data_root), seed=seed).benchmark
-
-
-def _split_cifar100(seed: int, data_root: str | None) -> CLScenario:
-    return split_cifar100(_requires_root("split_cifar100", data_root), seed=seed).benchmark
-
-
-def _five_datasets(seed: int, data_root: str | None) -> CLScenario:
-    return five_datasets(_requires_root("five_datasets", data_root), seed=seed).benchmark
-
-
-def _mini_imagenet(seed: int, data_root: str | None) -> CLScenario:
-    return mini_imagenet(_requires_root("mini_imagenet", data_root), seed=seed).benchmark
+    return build
 
 
 # The GPM paper's validation schedules (lr /= factor after `patience` epochs without a better
 # validation loss, stop below lr_min, keep the best-validation weights of each task).
 CIFAR100_SCHEDULE = LRScheduleConfig(factor=2.0, patience=6, lr_min=1e-5)
 FIVE_DATASETS_SCHEDULE = LRScheduleConfig(factor=3.0, patience=5, lr_min=1e-3)
+
+
+def _projection_methods(threshold: ThresholdSpec, num_samples: int | list[int]) -> dict[str, dict]:
+    """GPM's options and SGP's (the same plus its paper's importance coefficient alpha = 10)."""
+    gpm = {"threshold": threshold, "num_samples": num_samples}
+    return {"gpm": gpm, "sgp": {**gpm, "sgp_alpha": 10.0}}
 
 
 # Baselines' buffer sizes are not in our reference notes of the paper: 1000 samples for
@@ -105,13 +97,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             epochs=5,
             strategy_options={
                 "ewc": {"ewc_lambda": 10.0},
-                "gpm": {"threshold": [0.85, 0.95, 0.95], "num_samples": 300},
+                **_projection_methods([0.85, 0.95, 0.95], num_samples=300),
             },
         ),
         description="10 tasks of pixel-permuted 8x8 scikit-learn digits, 64-100-100-10 MLP, single head",
     ),
     "pmnist": BenchmarkSpec(
-        build=_pmnist,
+        build=_from_files("pmnist", pmnist),
         model=pmnist_mlp,
         # The paper's PMNIST protocol: lr 0.01, batch 10, 5 epochs, thresholds [0.95, 0.99, 0.99],
         # 300 samples per layer; SGP adds alpha = 10 (its paper's value).
@@ -121,14 +113,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             epochs=5,
             strategy_options={
                 **_baselines(ewc_lambda=10.0, memory=1000, tasks=10),
-                "gpm": {"threshold": [0.95, 0.99, 0.99], "num_samples": 300},
-                "sgp": {"threshold": [0.95, 0.99, 0.99], "num_samples": 300, "sgp_alpha": 10.0},
+                **_projection_methods([0.95, 0.99, 0.99], num_samples=300),
             },
         ),
         description="Permuted MNIST, 10 tasks, 784-100-100-10 MLP, single head (GPM paper protocol)",
     ),
     "split_cifar10": BenchmarkSpec(
-        build=_split_cifar10,
+        build=_from_files("split_cifar10", split_cifar10),
         model=lambda: alexnet(classes_per_task=2),
         # CIFAR-100's protocol (lr 0.01, batch 64, thresholds 0.97 + 0.003 t, AlexNet samples,
         # validation schedule) with a CPU cap of 5 epochs instead of up to 200: patience 6 never
@@ -141,18 +132,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             lr_schedule=CIFAR100_SCHEDULE,
             strategy_options={
                 **_baselines(ewc_lambda=100.0, memory=500, tasks=5),
-                "gpm": {"threshold": LinearSchedule(0.97, 0.003), "num_samples": [24, 100, 100, 125, 125]},
-                "sgp": {
-                    "threshold": LinearSchedule(0.97, 0.003),
-                    "num_samples": [24, 100, 100, 125, 125],
-                    "sgp_alpha": 10.0,
-                },
+                **_projection_methods(LinearSchedule(0.97, 0.003), num_samples=[24, 100, 100, 125, 125]),
             },
         ),
         description="Split CIFAR-10, 5 tasks x 2 classes, multi-head AlexNet, epochs capped for CPUs",
     ),
     "split_cifar100": BenchmarkSpec(
-        build=_split_cifar100,
+        build=_from_files("split_cifar100", split_cifar100),
         model=lambda: alexnet(classes_per_task=10),
         defaults=Hyperparams(
             lr=0.01,
@@ -162,18 +148,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             lr_schedule=CIFAR100_SCHEDULE,
             strategy_options={
                 **_baselines(ewc_lambda=100.0, memory=1000, tasks=10),
-                "gpm": {"threshold": LinearSchedule(0.97, 0.003), "num_samples": [24, 100, 100, 125, 125]},
-                "sgp": {
-                    "threshold": LinearSchedule(0.97, 0.003),
-                    "num_samples": [24, 100, 100, 125, 125],
-                    "sgp_alpha": 10.0,
-                },
+                **_projection_methods(LinearSchedule(0.97, 0.003), num_samples=[24, 100, 100, 125, 125]),
             },
         ),
         description="Split CIFAR-100, 10 tasks x 10 classes, multi-head AlexNet, lr decay on validation loss",
     ),
     "five_datasets": BenchmarkSpec(
-        build=_five_datasets,
+        build=_from_files("five_datasets", five_datasets),
         model=lambda: reduced_resnet18(classes_per_task=10),
         defaults=Hyperparams(
             lr=0.1,
@@ -183,14 +164,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             lr_schedule=FIVE_DATASETS_SCHEDULE,
             strategy_options={
                 **_baselines(ewc_lambda=100.0, memory=500, tasks=5),
-                "gpm": {"threshold": 0.965, "num_samples": 100},
-                "sgp": {"threshold": 0.965, "num_samples": 100, "sgp_alpha": 10.0},
+                **_projection_methods(0.965, num_samples=100),
             },
         ),
         description="5-Datasets (CIFAR-10, MNIST, SVHN, Fashion-MNIST, notMNIST), reduced ResNet18",
     ),
     "mini_imagenet": BenchmarkSpec(
-        build=_mini_imagenet,
+        build=_from_files("mini_imagenet", mini_imagenet),
         model=lambda: reduced_resnet18(classes_per_task=5, input_size=84, first_stride=2),
         # Our reference notes give no miniImageNet schedule: 5-Datasets' (same network and lr) is our choice.
         defaults=Hyperparams(
@@ -201,8 +181,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             lr_schedule=FIVE_DATASETS_SCHEDULE,
             strategy_options={
                 **_baselines(ewc_lambda=100.0, memory=2000, tasks=20),
-                "gpm": {"threshold": 0.985, "num_samples": 100},
-                "sgp": {"threshold": 0.985, "num_samples": 100, "sgp_alpha": 10.0},
+                **_projection_methods(0.985, num_samples=100),
             },
         ),
         description="Split miniImageNet, 20 tasks x 5 classes, 84x84, reduced ResNet18",
