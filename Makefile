@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m experiments.run
+	$(PY) -m experiments.run --force
 
 test: venv
 	$(PY) -m pytest -q
