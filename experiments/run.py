@@ -66,6 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="output folder (default results/<benchmark>)")
     parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
+    )
     parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--epochs", type=_positive, help="override the preset's epochs per task")
     parser.add_argument("--tasks", type=_positive, help="use only the first N tasks (smoke runs)")
@@ -97,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 hyperparams=hyperparams,
                 num_tasks=args.tasks,
                 data_root=args.data_root,
+                download=args.download,
                 device=args.device,
                 force=args.force,
             )

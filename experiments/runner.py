@@ -52,6 +52,7 @@ def run(
     hyperparams: Hyperparams | None = None,
     num_tasks: int | None = None,
     data_root: str | None = None,
+    download: bool = False,
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
@@ -70,6 +71,7 @@ def run(
     :param num_tasks: train and evaluate on the first ``num_tasks`` experiences only (smoke runs);
         default all.
     :param data_root: folder of local data for benchmarks that need files.
+    :param download: let torchvision download missing files where it can.
     :param device: training device, e.g. ``"cpu"`` or ``"cuda"``.
     :param force: rerun and overwrite an existing record.
     :param progress: show a progress bar over experiences, and say when a run is skipped.
@@ -101,7 +103,7 @@ def run(
         return record
 
     RNGManager.set_random_seeds(seed)
-    benchmark = spec.build(seed, data_root)
+    benchmark = spec.build(seed, data_root, download)
     train_stream, test_stream = benchmark.train_stream, benchmark.test_stream
     if num_tasks is not None:
         if not 1 <= num_tasks <= len(train_stream):

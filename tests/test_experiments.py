@@ -123,6 +123,15 @@ def test_hyperparams_record_schedules_by_type():
     assert hp.to_dict("naive")["options"] == {}
 
 
+def test_file_benchmarks_need_a_root_and_name_missing_files(tmp_path):
+    spec = get_benchmark("pmnist")
+    with pytest.raises(ValueError, match="pass --data-root"):
+        spec.build(0, None, False)
+    with pytest.raises(FileNotFoundError, match="--download"):
+        spec.build(0, str(tmp_path), False)
+    assert parse_args(["--download"]).download and not parse_args([]).download
+
+
 def test_cli_defaults_run_the_demo():
     args = parse_args([])
     assert (args.benchmark, args.strategies, args.seeds, args.out) == (

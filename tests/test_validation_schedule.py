@@ -334,7 +334,7 @@ def test_runner_trains_with_the_schedule(monkeypatch, tmp_path, strategy):
         lr_schedule=LRScheduleConfig(factor=2.0, patience=1, lr_min=1e-3),
         strategy_options={"gpm": {"threshold": 0.9, "num_samples": 20}, "replay": {"mem_size": 20}},
     )
-    spec = BenchmarkSpec(build=lambda seed, root: tiny_benchmark(), model=TinyMultiHead, defaults=defaults, description="")
+    spec = BenchmarkSpec(build=lambda seed, root, download: tiny_benchmark(), model=TinyMultiHead, defaults=defaults, description="")
     monkeypatch.setitem(BENCHMARKS, "tiny", spec)
     plugins: list[SupervisedPlugin] = []
 

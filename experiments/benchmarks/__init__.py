@@ -22,15 +22,15 @@ from experiments.benchmarks.pmnist import pmnist
 from experiments.benchmarks.split_cifar import split_cifar10, split_cifar100
 from experiments.hyperparams import Hyperparams, LRScheduleConfig
 
-#: Builds a benchmark from a seed and an optional folder of local data.
-BenchmarkBuilder = Callable[[int, str | None], CLScenario]
+#: Builds a benchmark from a seed, an optional folder of local data, and whether to download.
+BenchmarkBuilder = Callable[[int, "str | None", bool], CLScenario]
 
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
     """Everything the runner needs to know about one benchmark.
 
-    :param build: ``build(seed, data_root)`` returns the benchmark (data split and task order
+    :param build: ``build(seed, data_root, download)`` returns the benchmark (data split and task order
         may depend on the seed).
     :param model: returns a freshly initialised network for the benchmark.
     :param defaults: the benchmark's protocol preset (lr, batch, epochs, strategy options).
@@ -43,18 +43,23 @@ class BenchmarkSpec:
     description: str
 
 
-def _permuted_digits(seed: int, data_root: str | None) -> CLScenario:
-    del data_root  # the digits ship with scikit-learn
+def _permuted_digits(seed: int, data_root: str | None, download: bool) -> CLScenario:
+    del data_root, download  # the digits ship with scikit-learn
     return permuted_digits(num_tasks=10, seed=seed)
 
 
-def _from_files(name: str, builder: Callable[..., ImageBenchmark]) -> BenchmarkBuilder:
-    """Adapt an image-benchmark builder that needs a data root to :data:`BenchmarkBuilder`."""
+def _from_files(name: str, builder: Callable[..., ImageBenchmark], downloadable: bool = True) -> BenchmarkBuilder:
+    """Adapt an image-benchmark builder that needs a data root to :data:`BenchmarkBuilder`.
 
-    def build(seed: int, data_root: str | None) -> CLScenario:
+    :param downloadable: whether the builder can let torchvision fetch missing files.
+    """
+
+    def build(seed: int, data_root: str | None, download: bool) -> CLScenario:
         if data_root is None:
             raise ValueError(f"benchmark {name!r} reads files: pass --data-root (on these machines ../shared/data)")
-        return builder(data_root, seed=seed).benchmark
+        if not downloadable:  # the builder's missing-file error says where to put the files
+            return builder(data_root, seed=seed).benchmark
+        return builder(data_root, seed=seed, download=download).benchmark
 
     return build
 
@@ -170,7 +175,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         description="5-Datasets (CIFAR-10, MNIST, SVHN, Fashion-MNIST, notMNIST), reduced ResNet18",
     ),
     "mini_imagenet": BenchmarkSpec(
-        build=_from_files("mini_imagenet", mini_imagenet),
+        build=_from_files("mini_imagenet", mini_imagenet, downloadable=False),
         model=lambda: reduced_resnet18(classes_per_task=5, input_size=84, first_stride=2),
         # Our reference notes give no miniImageNet schedule: 5-Datasets' (same network and lr) is our choice.
         defaults=Hyperparams(
