@@ -231,3 +231,23 @@ def test_adaptive_optimizer_and_running_stats_warn():
         train_one(model, optimizer=torch.optim.Adam(model.parameters()))
     messages = " ".join(str(r.message) for r in records)
     assert "Adam rescales" in messages and "track running statistics" in messages
+
+
+@pytest.mark.parametrize("builder", ["alexnet", "resnet"])
+def test_paper_models_train_with_gpm_over_two_tasks(builder):
+    """The paper's multi-head networks: every shared layer gets a basis, heads and BN behave."""
+    from avalanche_gpm.models import alexnet, reduced_resnet18
+
+    model = alexnet(classes_per_task=3) if builder == "alexnet" else reduced_resnet18(classes_per_task=3)
+    benchmark = gaussian_tasks(2, (3, 32, 32), train_size=24, test_size=8, task_labels=True)
+    strategy = gpm_strategy(model, threshold=0.9, num_samples=4, train_epochs=1)
+    strategy.train(benchmark.train_stream[0])
+    bn_after_first = {k: v.clone() for k, v in model.state_dict().items() if ".bn" in k or k.startswith("bn")}
+    assert bn_after_first
+    strategy.train(benchmark.train_stream[1])
+    usage = strategy.gpm.usage_history[-1]
+    assert len(usage) == (5 if builder == "alexnet" else 20)
+    assert all(0 < u["basis_size"] <= u["input_dim"] for u in usage.values())
+    assert not any(name.startswith("classifier") for name in usage)
+    for key, value in bn_after_first.items():
+        assert torch.equal(value, model.state_dict()[key]), f"{key} changed after the first task"
