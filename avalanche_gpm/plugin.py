@@ -205,6 +205,7 @@ class GPMPlugin(SupervisedPlugin):
             batch_size=self.capture_batch_size or max(num_samples.values()),
             shuffle=True,
             generator=torch.Generator().manual_seed(self.seed + self.experiences_learned),
+            collate_fn=getattr(dataset, "collate_fn", None),
         )
         recorder = GramRecorder(self._selection.protected, num_samples)
         model = strategy.model
