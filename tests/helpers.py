@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 from avalanche.benchmarks import tensors_benchmark
-from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.training.plugins import EvaluationPlugin
+
+from experiments.evaluation import accuracy_row, quiet_evaluator
+
+__all__ = ["accuracy_row", "experience_inputs", "gaussian_tasks", "quiet_evaluator"]
 
 
 def gaussian_tasks(
@@ -31,19 +33,6 @@ def gaussian_tasks(
         test.append(sample(means, test_size))
     labels = list(range(num_tasks)) if task_labels else [0] * num_tasks
     return tensors_benchmark(train_tensors=train, test_tensors=test, task_labels=labels)
-
-
-def quiet_evaluator() -> EvaluationPlugin:
-    return EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
-
-
-def accuracy_row(results: dict, num_tasks: int) -> list[float]:
-    """Test accuracy of every experience from the results of one ``strategy.eval``."""
-    row = []
-    for exp in range(num_tasks):
-        key = next(k for k in results if k.startswith("Top1_Acc_Exp/eval_phase/test_stream") and k.endswith(f"Exp{exp:03d}"))
-        row.append(results[key])
-    return row
 
 
 def experience_inputs(experience) -> torch.Tensor:
