@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from avalanche_gpm.projection import ProjectionForm, SubspaceProjector
+from avalanche_gpm.projection import ProjectionForm, SubspaceProjector, projection_flops
+from avalanche_gpm.step_recorder import StepRecord
 from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, basis_strengths, grow_basis, scaled_importance
 
 
@@ -79,6 +80,8 @@ class GradientProjectionMemory:
         # SGP: importance in [0, 1] of every basis direction (unused by plain GPM)
         self.importances: dict[str, Tensor | None] = {name: None for name in self.input_dims}
         self._projectors: dict[str, SubspaceProjector] = {}
+        #: how each layer's gradient was projected in the last step: "gradient" or "inputs"
+        self.last_paths: dict[str, str] = {}
 
     @property
     def layer_names(self) -> list[str]:
@@ -135,13 +138,37 @@ class GradientProjectionMemory:
         return self._projectors[name]
 
     @torch.no_grad()
-    def project_gradients(self, layers: Mapping[str, nn.Module]) -> None:
-        """Remove the protected component from the gradient of every layer, in place."""
+    def project_gradients(self, layers: Mapping[str, nn.Module], steps: Mapping[str, StepRecord] | None = None) -> None:
+        """Remove the protected component from the gradient of every layer, in place.
+
+        :param layers: the protected layers by name.
+        :param steps: what linear layers saw in this step (see :mod:`avalanche_gpm.step_recorder`);
+            where projecting the inputs is cheaper than projecting the gradient, and the gradient is
+            exactly ``delta^T X`` (no other loss term touched the weights), the inputs are projected.
+        """
         for name, layer in layers.items():
             basis = self.bases[name]
             if basis is None or basis.shape[1] == 0 or layer.weight.grad is None:
                 continue
-            set_gradient_matrix(layer, self._projector(name, layer)(gradient_matrix(layer)))
+            projector, grad = self._projector(name, layer), gradient_matrix(layer)
+            step = (steps or {}).get(name)
+            if step is not None and step.complete and self._inputs_are_cheaper(projector, grad.shape, step.rows):
+                delta, inputs = torch.cat(step.output_grads), torch.cat(step.inputs)
+                if _is_exactly(grad, delta.T @ inputs):
+                    set_gradient_matrix(layer, delta.T @ projector(inputs))
+                    self.last_paths[name] = "inputs"
+                    continue
+            set_gradient_matrix(layer, projector(grad))
+            self.last_paths[name] = "gradient"
+
+    @staticmethod
+    def _inputs_are_cheaper(projector: SubspaceProjector, grad_shape: torch.Size, rows: int) -> bool:
+        out_dim, in_dim = grad_shape
+        rank = projector.rank
+        by_gradient = projection_flops(projector.form, out_dim, in_dim, rank)
+        # projecting the rows, plus two products delta^T X (the check and the projected gradient)
+        by_inputs = projection_flops(projector.form, rows, in_dim, rank) + 4 * rows * out_dim * in_dim
+        return by_inputs < by_gradient
 
     def projection_forms(self) -> dict[str, ProjectionForm]:
         """The projection form each layer uses (after the first projection)."""
@@ -177,3 +204,7 @@ class GradientProjectionMemory:
         self.first_task_rule = state["first_task_rule"]
         self._projectors.clear()
 
+
+def _is_exactly(grad: Tensor, direct: Tensor) -> bool:
+    """Whether ``grad`` is ``direct`` up to float round-off (and holds no other loss terms)."""
+    return bool((grad - direct).abs().max() <= 1e-5 * grad.abs().max() + 1e-12)

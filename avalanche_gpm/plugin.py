@@ -17,6 +17,7 @@ from avalanche_gpm.memory import GradientProjectionMemory, check_memory_options
 from avalanche_gpm.projection import ProjectionForm
 from avalanche_gpm.selection import LayerSelection, select_layers
 from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_num_samples, resolve_thresholds
+from avalanche_gpm.step_recorder import StepRecorder
 from avalanche_gpm.subspace import FirstTaskRule
 
 
@@ -90,6 +91,7 @@ class GPMPlugin(SupervisedPlugin):
         self.experiences_learned = 0
         self.usage_history: list[dict[str, dict[str, int]]] = []
         self._selection: LayerSelection | None = None
+        self._steps: StepRecorder | None = None  # hooks of the experience being trained
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -100,16 +102,25 @@ class GPMPlugin(SupervisedPlugin):
             # A momentum buffer from the previous experience points inside the protected space.
             for param in self._frozen_or_projected_parameters():
                 strategy.optimizer.state.pop(param, None)
+            linear = {name: m for name, m in self._selection.protected.items() if isinstance(m, nn.Linear)}
+            self._steps = StepRecorder(linear)
+
+    def before_forward(self, strategy, **kwargs):
+        if self._steps is not None:
+            self._steps.clear()
 
     def after_backward(self, strategy, **kwargs):
         if self.experiences_learned == 0:
             return
-        self.memory.project_gradients(self._selection.protected)
+        self.memory.project_gradients(self._selection.protected, self._steps.records if self._steps else None)
         for norm in self._selection.norms.values():
             for param in norm.parameters(recurse=False):
                 param.grad = None
 
     def after_training_exp(self, strategy, **kwargs):
+        if self._steps is not None:
+            self._steps.remove()
+            self._steps = None
         names = self.memory.layer_names
         grams = self._capture(strategy)
         self.memory.update(grams, resolve_thresholds(self.threshold, self.experiences_learned, names))

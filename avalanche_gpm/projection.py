@@ -65,6 +65,7 @@ class SubspaceProjector:
         self, basis: Tensor, out_dim: int, form: ProjectionForm | None = None, scales: Tensor | None = None
     ):
         in_dim, rank = basis.shape
+        self.rank = rank
         if scales is not None and form == "complement":
             raise ValueError("the complement form cannot apply a scaled (SGP) projection; use 'dense' or 'basis'")
         allowed = ("dense", "basis") if scales is not None else ("dense", "basis", "complement")
