@@ -26,15 +26,22 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_commit() -> str | None:
-    """The project's ``HEAD`` commit, or None outside a git checkout or without git."""
+def _git(*args: str) -> str | None:
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
-        )
+        result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None
+    return result.stdout.strip()
+
+
+def git_commit() -> str | None:
+    """The project's ``HEAD`` commit, with ``+dirty`` when tracked code differs from it; None
+    outside a git checkout or without git."""
+    head = _git("rev-parse", "HEAD")
+    if not head:
+        return None
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", "avalanche_gpm", "experiments")
+    return f"{head}+dirty" if changes else head
 
 
 def max_rss_mib() -> float:

@@ -102,6 +102,7 @@ def run(
             tqdm.write(f"{strategy_name} seed {seed}: {path} exists, skipped (force to rerun)")
         return record
 
+    commit = git_commit()  # the code that runs, even if the checkout moves on during a long run
     RNGManager.set_random_seeds(seed)
     benchmark = spec.build(seed, data_root, download)
     train_stream, test_stream = benchmark.train_stream, benchmark.test_stream
@@ -137,7 +138,7 @@ def run(
         "train_time_s": train_time,
         "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
         "gpm_usage_history": None if gpm is None else gpm.usage_history,
-        "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": git_commit()},
+        "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     _write_atomically(path, record)
