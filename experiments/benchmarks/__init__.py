@@ -86,6 +86,38 @@ def _baselines(ewc_lambda: float, memory: int, tasks: int) -> dict[str, dict]:
     }
 
 
+def _alexnet_protocol(*, epochs: int, memory: int, tasks: int) -> Hyperparams:
+    """Split CIFAR-100's protocol: lr 0.01, batch 64, thresholds 0.97 + 0.003 t, the AlexNet sample
+    counts and the validation schedule, for at most ``epochs`` per task."""
+    return Hyperparams(
+        lr=0.01,
+        batch_size=64,
+        epochs=epochs,
+        eval_batch_size=1000,
+        lr_schedule=CIFAR100_SCHEDULE,
+        strategy_options={
+            **_baselines(ewc_lambda=100.0, memory=memory, tasks=tasks),
+            **_projection_methods(LinearSchedule(0.97, 0.003), num_samples=[24, 100, 100, 125, 125]),
+        },
+    )
+
+
+def _resnet_protocol(*, threshold: float, memory: int, tasks: int) -> Hyperparams:
+    """5-Datasets' protocol (lr 0.1, batch 64, up to 100 epochs, its validation schedule) with a
+    fixed GPM threshold; 100 samples per layer is our simplification of the paper's per-layer counts."""
+    return Hyperparams(
+        lr=0.1,
+        batch_size=64,
+        epochs=100,
+        eval_batch_size=1000,
+        lr_schedule=FIVE_DATASETS_SCHEDULE,
+        strategy_options={
+            **_baselines(ewc_lambda=100.0, memory=memory, tasks=tasks),
+            **_projection_methods(threshold, num_samples=100),
+        },
+    )
+
+
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "permuted_digits": BenchmarkSpec(
         build=_permuted_digits,
@@ -126,69 +158,28 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "split_cifar10": BenchmarkSpec(
         build=_from_files("split_cifar10", split_cifar10),
         model=lambda: alexnet(classes_per_task=2),
-        # CIFAR-100's protocol (lr 0.01, batch 64, thresholds 0.97 + 0.003 t, AlexNet samples,
-        # validation schedule) with a CPU cap of 5 epochs instead of up to 200: patience 6 never
-        # runs out in 5 epochs, so the schedule only keeps each task's best-validation weights.
-        defaults=Hyperparams(
-            lr=0.01,
-            batch_size=64,
-            epochs=5,
-            eval_batch_size=1000,
-            lr_schedule=CIFAR100_SCHEDULE,
-            strategy_options={
-                **_baselines(ewc_lambda=100.0, memory=500, tasks=5),
-                **_projection_methods(LinearSchedule(0.97, 0.003), num_samples=[24, 100, 100, 125, 125]),
-            },
-        ),
+        # A CPU cap of 5 epochs instead of up to 200: patience 6 never runs out in 5 epochs, so the
+        # schedule only keeps each task's best-validation weights.
+        defaults=_alexnet_protocol(epochs=5, memory=500, tasks=5),
         description="Split CIFAR-10, 5 tasks x 2 classes, multi-head AlexNet, epochs capped for CPUs",
     ),
     "split_cifar100": BenchmarkSpec(
         build=_from_files("split_cifar100", split_cifar100),
         model=lambda: alexnet(classes_per_task=10),
-        defaults=Hyperparams(
-            lr=0.01,
-            batch_size=64,
-            epochs=200,
-            eval_batch_size=1000,
-            lr_schedule=CIFAR100_SCHEDULE,
-            strategy_options={
-                **_baselines(ewc_lambda=100.0, memory=1000, tasks=10),
-                **_projection_methods(LinearSchedule(0.97, 0.003), num_samples=[24, 100, 100, 125, 125]),
-            },
-        ),
+        defaults=_alexnet_protocol(epochs=200, memory=1000, tasks=10),
         description="Split CIFAR-100, 10 tasks x 10 classes, multi-head AlexNet, lr decay on validation loss",
     ),
     "five_datasets": BenchmarkSpec(
         build=_from_files("five_datasets", five_datasets),
         model=lambda: reduced_resnet18(classes_per_task=10),
-        defaults=Hyperparams(
-            lr=0.1,
-            batch_size=64,
-            epochs=100,
-            eval_batch_size=1000,
-            lr_schedule=FIVE_DATASETS_SCHEDULE,
-            strategy_options={
-                **_baselines(ewc_lambda=100.0, memory=500, tasks=5),
-                **_projection_methods(0.965, num_samples=100),
-            },
-        ),
+        defaults=_resnet_protocol(threshold=0.965, memory=500, tasks=5),
         description="5-Datasets (CIFAR-10, MNIST, SVHN, Fashion-MNIST, notMNIST), reduced ResNet18",
     ),
     "mini_imagenet": BenchmarkSpec(
         build=_from_files("mini_imagenet", mini_imagenet, downloadable=False),
         model=lambda: reduced_resnet18(classes_per_task=5, input_size=84, first_stride=2),
         # Our reference notes give no miniImageNet schedule: 5-Datasets' (same network and lr) is our choice.
-        defaults=Hyperparams(
-            lr=0.1,
-            batch_size=64,
-            epochs=100,
-            eval_batch_size=1000,
-            lr_schedule=FIVE_DATASETS_SCHEDULE,
-            strategy_options={
-                **_baselines(ewc_lambda=100.0, memory=2000, tasks=20),
-                **_projection_methods(0.985, num_samples=100),
-            },
-        ),
+        defaults=_resnet_protocol(threshold=0.985, memory=2000, tasks=20),
         description="Split miniImageNet, 20 tasks x 5 classes, 84x84, reduced ResNet18",
     ),
 }
