@@ -102,6 +102,8 @@ class GPMPlugin(SupervisedPlugin):
             # A momentum buffer from the previous experience points inside the protected space.
             for param in self._frozen_or_projected_parameters():
                 strategy.optimizer.state.pop(param, None)
+            if self._steps is not None:  # left over by an experience that raised mid-training
+                self._steps.remove()
             linear = {name: m for name, m in self._selection.protected.items() if isinstance(m, nn.Linear)}
             self._steps = StepRecorder(linear)
 
