@@ -109,12 +109,14 @@ class GPMPlugin(SupervisedPlugin):
 
     def before_forward(self, strategy, **kwargs):
         if self._steps is not None:
-            self._steps.clear()
+            self._steps.start_step()
 
     def after_backward(self, strategy, **kwargs):
         if self.experiences_learned == 0:
             return
         self.memory.project_gradients(self._selection.protected, self._steps.records if self._steps else None)
+        if self._steps is not None:
+            self._steps.finish_step()
         for norm in self._selection.norms.values():
             for param in norm.parameters(recurse=False):
                 param.grad = None

@@ -45,13 +45,16 @@ class StepRecorder:
 
     def __init__(self, layers: Mapping[str, nn.Linear]):
         self.records: dict[str, StepRecord] = {name: StepRecord() for name in layers}
+        # Only training iterations record: other passes (another plugin's importance estimate,
+        # say) would otherwise pile up inputs that no projection ever consumes.
+        self.armed = False
         self._handles: list[RemovableHandle] = [
             layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()
         ]
 
     def _hook(self, name: str):
         def record(layer: nn.Linear, args: tuple, output: Tensor) -> None:
-            if not (layer.training and torch.is_grad_enabled() and output.requires_grad):
+            if not (self.armed and layer.training and torch.is_grad_enabled() and output.requires_grad):
                 return
             entry = self.records[name]
             entry.inputs.append(input_vectors(layer, args[0].detach()))
@@ -65,8 +68,18 @@ class StepRecorder:
 
         return record
 
+    def start_step(self) -> None:
+        """Forget the previous step and record the next forward/backward pass."""
+        self.clear()
+        self.armed = True
+
+    def finish_step(self) -> None:
+        """Stop recording and drop what was recorded (after the projection used it)."""
+        self.clear()
+        self.armed = False
+
     def clear(self) -> None:
-        """Forget the current step (call after every backward pass)."""
+        """Forget what was recorded."""
         for entry in self.records.values():
             entry.inputs.clear()
             entry.output_grads.clear()

@@ -41,6 +41,7 @@ def test_input_side_projection_equals_gradient_projection(sgp_alpha):
         expected[name] = memory._projector(name, layer)(gradient_matrix(layer)).clone()
 
     recorder = StepRecorder(layers)
+    recorder.start_step()
     one_step(model, x, y)
     memory.project_gradients(layers, recorder.records)
     recorder.remove()
@@ -57,6 +58,7 @@ def test_other_loss_terms_on_the_weights_fall_back_to_the_gradient():
     one_step(model, x, y, extra_penalty=0.1)  # e.g. a regulariser: the gradient is not delta^T X
     expected = memory._projector("0", model[0])(gradient_matrix(model[0])).clone()
     recorder = StepRecorder(layers)
+    recorder.start_step()
     one_step(model, x, y, extra_penalty=0.1)
     memory.project_gradients(layers, recorder.records)
     assert memory.last_paths["0"] == "gradient"
@@ -74,6 +76,7 @@ def test_a_layer_used_twice_in_a_step_pairs_inputs_with_their_gradients():
     expected = memory._projector("shared", shared)(gradient_matrix(shared)).clone()
     shared.zero_grad()
     recorder = StepRecorder({"shared": shared})
+    recorder.start_step()
     (shared(a).sum() + 3 * shared(b).pow(2).sum()).backward()
     memory.project_gradients({"shared": shared}, recorder.records)
     assert memory.last_paths["shared"] == "inputs"
@@ -89,3 +92,15 @@ def test_gpm_training_uses_input_side_projection_and_removes_its_hooks():
     strategy.train(benchmark.train_stream[1])
     assert strategy.gpm.memory.last_paths["0"] == "inputs"
     assert not model[0]._forward_hooks and strategy.gpm._steps is None
+
+
+def test_passes_outside_a_training_step_are_not_recorded():
+    layer = nn.Linear(4, 8)
+    recorder = StepRecorder({"fc": layer})
+    layer(torch.randn(3, 4)).sum().backward()  # e.g. another plugin's importance pass
+    assert recorder.records["fc"].inputs == []
+    recorder.start_step()
+    layer(torch.randn(3, 4)).sum().backward()
+    assert recorder.records["fc"].complete and recorder.records["fc"].rows == 3
+    recorder.finish_step()
+    assert recorder.records["fc"].inputs == [] and not recorder.armed
