@@ -170,10 +170,6 @@ class GradientProjectionMemory:
         by_inputs = projection_flops(projector.form, rows, in_dim, rank) + 4 * rows * out_dim * in_dim
         return by_inputs < by_gradient
 
-    def projection_forms(self) -> dict[str, ProjectionForm]:
-        """The projection form each layer uses (after the first projection)."""
-        return {name: projector.form for name, projector in self._projectors.items()}
-
     def state_dict(self) -> dict:
         return {
             "bases": dict(self.bases),

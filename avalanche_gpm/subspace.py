@@ -136,11 +136,6 @@ def scaled_importance(strengths: Tensor, alpha: float) -> Tensor:
     return (alpha + 1) * strengths / (alpha * strengths + strengths.max())
 
 
-def project_out(rows: Tensor, basis: Tensor) -> Tensor:
-    """Remove from every row of ``rows`` (``(..., d)``) its component in ``span(basis)``."""
-    return rows - (rows @ basis) @ basis.T
-
-
 def orthogonal_complement(basis: Tensor) -> Tensor:
     """Orthonormal ``(d, d - k)`` basis of the complement of ``span(basis)``."""
     dim, rank = basis.shape
