@@ -12,7 +12,7 @@ batch, so the representation matrix itself is never stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -76,8 +76,14 @@ class GramRecorder:
     :param num_samples: samples to record per layer name.
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module], num_samples: Mapping[str, int]):
+    def __init__(
+        self,
+        layers: Mapping[str, nn.Module],
+        num_samples: Mapping[str, int],
+        vectors: Callable[[nn.Module, Tensor], Tensor] = input_vectors,
+    ):
         self.layers = dict(layers)
+        self.vectors = vectors
         self.num_samples = dict(num_samples)
         self.grams: dict[str, Tensor] = {}
         self.seen: dict[str, int] = {name: 0 for name in self.layers}
@@ -93,7 +99,7 @@ class GramRecorder:
             return
         inputs = inputs[:wanted].detach()
         self.seen[name] += inputs.shape[0]
-        vectors = input_vectors(self.layers[name], inputs).double()
+        vectors = self.vectors(self.layers[name], inputs).double()
         gram = vectors.T @ vectors
         self.grams[name] = self.grams[name] + gram if name in self.grams else gram
 

@@ -136,6 +136,32 @@ def scaled_importance(strengths: Tensor, alpha: float) -> Tensor:
     return (alpha + 1) * strengths / (alpha * strengths + strengths.max())
 
 
+def top_residual_directions(matrix: Tensor, basis: Tensor | None, count: int) -> Tensor:
+    """The ``count`` strongest directions of ``matrix``'s columns outside ``span(M)``: the top left
+    singular vectors of ``(I - M M^T) matrix`` (InfLoRA's down-projection, GainLoRA's new key).
+
+    The SVD runs in the complement of ``span(M)``, so when the residual has fewer than ``count``
+    non-zero directions the remaining columns still come from the complement, never from ``M``.
+
+    :param matrix: ``(d, n)`` matrix, typically a covariance ``E[x x^T]`` of new inputs.
+    :param basis: orthonormal ``(d, k)`` basis to stay orthogonal to, or ``None``.
+    :param count: number of directions, at most ``d - k``.
+    :return: ``(d, count)`` orthonormal columns (float64), orthogonal to ``basis``.
+    """
+    matrix = matrix.double()
+    if basis is None or basis.shape[1] == 0:
+        complement = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    else:
+        complement = orthogonal_complement(basis.to(matrix))
+    if count > complement.shape[1]:
+        raise ValueError(
+            f"asked for {count} directions orthogonal to a {basis.shape[1]}-dimensional subspace of a "
+            f"{matrix.shape[0]}-dimensional space; only {complement.shape[1]} exist (lower the rank or the threshold)"
+        )
+    directions, _, _ = torch.linalg.svd(complement.T @ matrix, full_matrices=True)
+    return complement @ directions[:, :count]
+
+
 def orthogonal_complement(basis: Tensor) -> Tensor:
     """Orthonormal ``(d, d - k)`` basis of the complement of ``span(basis)``."""
     dim, rank = basis.shape

@@ -1,0 +1,49 @@
+"""The plugin that gives each experience its own LoRA branch; the base of every LoRA method here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avalanche.training.plugins import SupervisedPlugin
+
+from avalanche_gainlora.branches import LoraBranches
+
+
+class BranchPlugin(SupervisedPlugin):
+    """Adds a new LoRA branch before each training experience and trains only that branch.
+
+    Without any other plugin this is the ungated sum of per-task branches; subclasses decide how
+    a branch is initialised and trained (O-LoRA, InfLoRA), :class:`SeqLoRAPlugin` keeps a single one.
+
+    :param branches: the model's branches (see :class:`~avalanche_gainlora.branches.LoraBranches`).
+    """
+
+    #: whether every experience gets a branch of its own
+    branch_per_experience: bool = True
+
+    def __init__(self, branches: LoraBranches):
+        super().__init__()
+        self.branches = branches
+
+    def before_training_exp(self, strategy: Any, *args, **kwargs) -> None:
+        if self.branch_per_experience or self.branches.num_branches == 0:
+            index = self.branches.add_branch()
+            self.branches.model.to(strategy.device)
+            self.init_branch(strategy, index)
+            # Avalanche built this experience's optimizer before this hook: register the new branch.
+            strategy.make_optimizer()
+
+    def init_branch(self, strategy: Any, index: int) -> None:
+        """Initialise branch ``index`` before it is trained (default: peft's init, ``B = 0``)."""
+
+    def state_dict(self) -> dict:
+        return {"branches": self.branches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.branches.load_state_dict(state["branches"])
+
+
+class SeqLoRAPlugin(BranchPlugin):
+    """SeqLoRA: one LoRA branch trained on every task in turn (the forgetting baseline)."""
+
+    branch_per_experience = False

@@ -1,0 +1,73 @@
+"""InfLoRA as an Avalanche plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from avalanche_gpm.memory import GradientProjectionMemory
+from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_thresholds
+from avalanche_gainlora.branches import LoraBranches
+from avalanche_gainlora.capture import layer_input_grams
+from avalanche_gainlora.inflora import design_down_projection
+from avalanche_gainlora.plugins.branch_plugin import BranchPlugin
+from avalanche_gainlora.plugins.experience_inputs import experience_model_inputs
+
+
+class InfLoRAPlugin(BranchPlugin):
+    """InfLoRA (Liang & Li, CVPR 2024): each task's down-projection ``A_t`` is designed from the
+    task's inputs outside the old input subspace of its layer and frozen; only ``B_t`` is trained.
+
+    The inputs of every adapted layer are recorded sample by sample (no padding in the
+    statistics): before training to design ``A_t``, after training to grow the layer's basis.
+
+    :param branches: the model's branches.
+    :param threshold: energy threshold of the layers' input bases (float, per-layer mapping, or a
+        callable ``task -> threshold``, e.g. :func:`~avalanche_gainlora.gate_memory.official_threshold`).
+    :param max_samples: samples of each experience used for the statistics (all when ``None``).
+    """
+
+    def __init__(self, branches: LoraBranches, *, threshold: ThresholdSpec = 0.995, max_samples: int | None = None):
+        super().__init__(branches)
+        check_threshold_spec(threshold)
+        if max_samples is not None and max_samples <= 0:
+            raise ValueError(f"max_samples must be positive or None, got {max_samples}")
+        self.threshold = threshold
+        self.max_samples = max_samples
+        self.memory: GradientProjectionMemory | None = None
+
+    def _grams(self, strategy: Any) -> dict[str, torch.Tensor]:
+        model = self.branches.model
+        was_training = model.training
+        model.eval()
+        try:
+            inputs = experience_model_inputs(strategy, batch_size=1, max_samples=self.max_samples)
+            return layer_input_grams(model, self.branches.layers(), inputs)
+        finally:
+            model.train(was_training)
+
+    def init_branch(self, strategy: Any, index: int) -> None:
+        layers = self.branches.layers()
+        if self.memory is None:
+            self.memory = GradientProjectionMemory({name: layer.in_features for name, layer in layers.items()})
+        grams = self._grams(strategy)
+        with torch.no_grad():
+            for name, down in self.branches.down(index).items():
+                down.copy_(design_down_projection(grams[name], self.memory.bases[name], self.branches.rank))
+        self.branches.freeze_all_but(index, train_down=False)
+
+    def after_training_exp(self, strategy: Any, *args, **kwargs) -> None:
+        task = self.branches.num_branches - 1
+        names = list(self.branches.layers())
+        self.memory.update(self._grams(strategy), resolve_thresholds(self.threshold, task, names))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "memory": None if self.memory is None else self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state["memory"] is not None:
+            layers = self.branches.layers()
+            self.memory = GradientProjectionMemory({name: layer.in_features for name, layer in layers.items()})
+            self.memory.load_state_dict(state["memory"])

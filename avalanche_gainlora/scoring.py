@@ -1,0 +1,61 @@
+"""Answer scores of the instruction benchmarks: exact match and ROUGE-L, both in percent."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+
+from rouge_score import rouge_scorer
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+# Built once: the scorer holds the tokenizer and the Porter stemmer.
+_ROUGE_L = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, remove ASCII punctuation and collapse whitespace.
+
+    Articles are kept: the benchmarks' exact match normalises exactly this much.
+
+    :param text: an answer.
+    :return: the normalised answer.
+    """
+    return " ".join(text.lower().translate(_NO_PUNCTUATION).split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """100 if both answers are equal after :func:`normalize_answer`, else 0.
+
+    :param prediction: the generated answer.
+    :param reference: the reference answer.
+    :return: the score in percent.
+    """
+    return 100.0 if normalize_answer(prediction) == normalize_answer(reference) else 0.0
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 with Porter stemming (``rouge_score`` package), times 100.
+
+    :param prediction: the generated answer.
+    :param reference: the reference answer.
+    :return: the score in percent.
+    """
+    return 100.0 * _ROUGE_L.score(reference, prediction)["rougeL"].fmeasure
+
+
+def batch_scores(
+    score: Callable[[str, str], float], predictions: Sequence[str], references: Sequence[str]
+) -> list[float]:
+    """Score each prediction against the reference at the same position.
+
+    :param score: a pairwise score such as :func:`exact_match` or :func:`rouge_l`.
+    :param predictions: the generated answers.
+    :param references: the reference answers, one per prediction.
+    :return: one score per pair.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"got {len(predictions)} predictions for {len(references)} references: pass one prediction per reference"
+        )
+    return [score(prediction, reference) for prediction, reference in zip(predictions, references)]

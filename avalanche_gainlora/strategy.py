@@ -1,0 +1,242 @@
+"""``LanguageModelStrategy``: Avalanche training and evaluation of Hugging Face language models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from avalanche.benchmarks.utils.data_loader import TaskBalancedDataLoader
+from avalanche.evaluation.metrics import loss_metrics
+from avalanche.logging import InteractiveLogger
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+from avalanche_gainlora.data import (
+    GENERATION_KEYS,
+    TRAINING_KEYS,
+    BatchInputs,
+    InstructionCollator,
+    check_tokenizer,
+)
+from avalanche_gainlora.generation_metrics import generation_metrics
+
+
+class LanguageModelLoss:
+    """Criterion that returns the loss the Hugging Face model computed from ``labels``.
+
+    Called like any Avalanche criterion, ``criterion(model_output, targets)`` (EWC's
+    importance pass calls ``strategy._criterion`` this way); the targets, reference strings,
+    are not needed.
+    """
+
+    def __call__(self, output: ModelOutput, targets: Tensor) -> Tensor:
+        """The model's loss.
+
+        :param output: the model output of a forward pass with ``labels``.
+        :param targets: the mini-batch targets (unused).
+        :return: the scalar loss.
+        """
+        return output.loss
+
+
+def default_lm_evaluator() -> EvaluationPlugin:
+    """Loss, exact match and ROUGE-L per experience and stream, printed by an interactive logger."""
+    return EvaluationPlugin(
+        loss_metrics(epoch=True, experience=True, stream=True),
+        *generation_metrics(),
+        loggers=[InteractiveLogger()],
+    )
+
+
+class LanguageModelStrategy(SupervisedTemplate):
+    """Fine-tunes a causal (LLaMA, GPT-2) or sequence-to-sequence (T5) Hugging Face model.
+
+    Works on mini-batches built by :func:`~avalanche_gainlora.data.instruction_dataset`
+    (see :mod:`avalanche_gainlora.data` for their format). The forward pass calls
+    ``model(input_ids=..., attention_mask=..., labels=...)`` with keyword arguments only, and
+    the criterion is the loss the model returns. :meth:`generate` decodes greedy answers for
+    the generation metrics.
+
+    The strategy registers a forward pre-hook on the model that turns a positional
+    :class:`~avalanche_gainlora.data.BatchInputs` into those keyword arguments, so Avalanche
+    plugins that call ``model(mb_x)`` (EWC's importance pass, LwF) work unchanged. The hook
+    runs before every other forward pre-hook.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: PreTrainedModel,
+        optimizer: Optimizer,
+        tokenizer: PreTrainedTokenizerBase,
+        train_mb_size: int = 1,
+        train_epochs: int = 1,
+        eval_mb_size: int | None = None,
+        device: str | torch.device = "cpu",
+        plugins: Sequence[SupervisedPlugin] | None = None,
+        evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_lm_evaluator,
+        max_new_tokens: int = 50,
+        eval_every: int = -1,
+        **base_kwargs: Any,
+    ):
+        """Init.
+
+        :param model: a Hugging Face causal or encoder-decoder language model.
+        :param optimizer: the optimizer.
+        :param tokenizer: the tokenizer the datasets were built with; it needs a pad token.
+        :param train_mb_size: the train mini-batch size.
+        :param train_epochs: the number of training epochs per experience.
+        :param eval_mb_size: the eval mini-batch size (default: ``train_mb_size``).
+        :param device: the device to use.
+        :param plugins: further plugins.
+        :param evaluator: instance of EvaluationPlugin for logging and metric computations.
+        :param max_new_tokens: most tokens generated per answer.
+        :param eval_every: the frequency of the calls to `eval` inside the training loop.
+        :param base_kwargs: any additional :class:`~avalanche.training.templates.SupervisedTemplate` arguments.
+        """
+        check_tokenizer(tokenizer)
+        if getattr(model, "config", None) is None:
+            raise TypeError(f"model must be a Hugging Face PreTrainedModel with a `config`, got {type(model).__name__}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: generate at least one token")
+        super().__init__(
+            model=model,
+            optimizer=optimizer,
+            criterion=LanguageModelLoss(),
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            **base_kwargs,
+        )
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        model.register_forward_pre_hook(_batch_as_keywords, with_kwargs=True, prepend=True)
+
+    def forward(self) -> ModelOutput:
+        """The model output on the current mini-batch, loss included."""
+        # Keyword arguments only: other plugins' forward pre-hooks read them by name.
+        return self.model(**{key: self.mb_x[key] for key in TRAINING_KEYS})
+
+    @torch.no_grad()
+    def generate(self, inputs: Mapping[str, Tensor]) -> list[str]:
+        """Greedy answers to the prompts of a mini-batch.
+
+        :param inputs: mini-batch inputs with ``gen_input_ids`` and ``gen_attention_mask``.
+        :return: one decoded answer per prompt, special tokens and surrounding whitespace removed.
+        """
+        prompt_ids = inputs["gen_input_ids"].to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            output = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=inputs["gen_attention_mask"].to(self.device),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        finally:
+            self.model.train(was_training)
+        if not self.is_encoder_decoder:
+            # A decoder-only model returns the (left padded) prompt before its answer.
+            output = output[:, prompt_ids.shape[1] :]
+        return [answer.strip() for answer in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    def make_train_dataloader(
+        self,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Task-balanced training loader that always collates with the dataset's ``collate_fn``.
+
+        Avalanche 0.6.0 builds a plain ``DataLoader`` without the dataset's collate function
+        for experiences without ``task_labels`` (upstream issue 1531), which cannot pad text.
+
+        :param num_workers: number of data loading workers.
+        :param shuffle: shuffle the examples.
+        :param pin_memory: pin memory (default: when training on CUDA).
+        :param persistent_workers: keep workers between epochs.
+        :param drop_last: drop the last incomplete mini-batch.
+        :param kwargs: further arguments of ``train``, ignored.
+        """
+        loader_args = self._obtain_common_dataloader_parameters(
+            batch_size=self.train_mb_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+        )
+        self.dataloader = TaskBalancedDataLoader(self.adapted_dataset, oversample_small_groups=True, **loader_args)
+
+    def train_dataset_adaptation(self, **kwargs: Any) -> None:
+        """Set ``adapted_dataset`` and check that it fits the model."""
+        super().train_dataset_adaptation(**kwargs)
+        self._check_adapted_dataset()
+
+    def eval_dataset_adaptation(self, **kwargs: Any) -> None:
+        """Set ``adapted_dataset`` and check that it fits the model."""
+        super().eval_dataset_adaptation(**kwargs)
+        self._check_adapted_dataset()
+
+    def _unpack_minibatch(self) -> None:
+        # The inputs are a mapping, which the base implementation cannot move.
+        self.mbatch = [_move_tensors(part, self.device) for part in self.mbatch]
+        expected = (*TRAINING_KEYS, *GENERATION_KEYS)
+        if not isinstance(self.mb_x, Mapping) or any(key not in self.mb_x for key in expected):
+            raise ValueError(
+                f"mini-batch inputs must be a mapping with keys {expected}: "
+                "build the datasets with avalanche_gainlora.data.instruction_dataset"
+            )
+
+    def _check_adapted_dataset(self) -> None:
+        dataset = self.adapted_dataset
+        name = f"experience {self.experience.current_experience}"
+        if len(dataset) == 0:
+            raise ValueError(f"{name} has no examples: remove it from the stream or give it examples")
+        if not hasattr(dataset, "targets_task_labels"):
+            raise ValueError(
+                f"{name} has no task labels (`targets_task_labels`): "
+                "build its dataset with avalanche_gainlora.data.instruction_dataset"
+            )
+        collate = dataset.collate_fn
+        if isinstance(collate, InstructionCollator) and collate.is_encoder_decoder != self.is_encoder_decoder:
+            raise ValueError(
+                f"{name} was built with is_encoder_decoder={collate.is_encoder_decoder} but the model has "
+                f"is_encoder_decoder={self.is_encoder_decoder}: rebuild the data with the model's value"
+            )
+
+
+def _batch_as_keywords(
+    module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Forward pre-hook: ``model(batch_inputs)`` becomes ``model(input_ids=..., attention_mask=..., labels=...)``."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], BatchInputs):
+        return (), {key: args[0][key] for key in TRAINING_KEYS}
+    return None
+
+
+def _move_tensors(part: Any, device: torch.device) -> Any:
+    """Move a tensor, or the tensors of a mapping, to ``device``; anything else stays."""
+    if isinstance(part, Tensor):
+        return part.to(device, non_blocking=True)
+    if isinstance(part, Mapping):
+        return BatchInputs(part).to(device, non_blocking=True)
+    return part
