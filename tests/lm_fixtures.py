@@ -10,7 +10,15 @@ import torch
 from avalanche.evaluation.metrics import loss_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from avalanche_gainlora.data import InstructionExample, instruction_benchmark
 from avalanche_gainlora.generation_metrics import generation_metrics
@@ -52,6 +60,13 @@ def tiny_llama(vocab_size: int = 128, seed: int = 0) -> LlamaForCausalLM:
         bos_token_id=1,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(vocab_size: int = 128, seed: int = 0) -> GPT2LMHeadModel:
+    """A 2-layer GPT-2 with n_embd 32: its fused ``c_attn`` is a transformers ``Conv1D``."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, pad_token_id=0, eos_token_id=1)
+    return GPT2LMHeadModel(config).eval()
 
 
 def tiny_t5(vocab_size: int = 128, seed: int = 0) -> T5ForConditionalGeneration:

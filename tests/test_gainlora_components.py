@@ -12,9 +12,9 @@ from avalanche_gainlora.gates import GateBank, TaskGate, gate_activation, masked
 from avalanche_gainlora.inflora import DOWN_PROJECTION_SCALE, design_down_projection
 from avalanche_gainlora.olora import orthogonality_penalty
 from avalanche_gainlora.routing import GateRouter
-from tests.lm_fixtures import char_tokenizer, tiny_llama, tiny_t5
+from tests.lm_fixtures import char_tokenizer, tiny_gpt2, tiny_llama, tiny_t5
 
-BUILDERS = {"llama": tiny_llama, "t5": tiny_t5}
+BUILDERS = {"llama": tiny_llama, "t5": tiny_t5, "gpt2": tiny_gpt2}
 
 
 def _inputs(model_kind: str, texts=("ab c", "xyz")) -> dict:

@@ -7,6 +7,7 @@ import string
 
 import pytest
 import torch
+from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EWCPlugin, SupervisedPlugin
 
@@ -208,3 +209,31 @@ def test_seqlora_keeps_one_branch_and_runs_with_avalanche_ewc():
     _train(strategy, benchmark, evaluate=False)
     assert before is None and branches.num_branches == 1
     assert all(p.requires_grad for p in branches.parameters(0))
+
+
+def test_avalanche_checkpoint_restores_branches_gates_and_bases(tmp_path):
+    RNGManager.set_random_seeds(0)
+    model = tiny_llama()
+    benchmark = lm_benchmark(model, lm_tasks(2, size=4))
+    branches = LoraBranches(model, rank=2, alpha=4)
+    strategy = lm_strategy(model, lr=1e-2, plugins=[OLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8)])
+    strategy.train(benchmark.train_stream[0])
+    with torch.no_grad():
+        for up in branches.up(0).values():
+            up.add_(torch.randn_like(up))
+    batch = benchmark.test_stream[0].dataset.collate_fn([benchmark.test_stream[0].dataset[i] for i in range(4)])[0]
+    expected = strategy.generate(batch)
+    # Avalanche 0.6.0 cannot pickle torch optimizers with dill (see README); the optimizer is rebuilt.
+    save_checkpoint(strategy, str(tmp_path / "checkpoint.pkl"), exclude=["optimizer"])
+
+    fresh = tiny_llama()
+    fresh_branches = LoraBranches(fresh, rank=2, alpha=4)
+    template = lm_strategy(fresh, plugins=[OLoRAPlugin(fresh_branches), GainLoRAPlugin(fresh_branches, hidden=8)])
+    restored, next_experience = maybe_load_checkpoint(template, str(tmp_path / "checkpoint.pkl"))
+    assert next_experience == 1
+    assert restored.generate(batch) == expected
+    gainlora = next(p for p in restored.plugins if isinstance(p, GainLoRAPlugin))
+    assert len(gainlora.gates) == 1 and gainlora.memory.bases["down"] is not None
+    restored.optimizer = torch.optim.Adam(restored.model.parameters(), lr=1e-2)
+    restored.train(benchmark.train_stream[1])  # training goes on with the restored plugins
+    assert gainlora.branches.num_branches == 2 and len(gainlora.gates) == 2

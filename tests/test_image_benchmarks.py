@@ -16,7 +16,7 @@ from PIL import Image
 
 from experiments.benchmarks import split_cifar
 from experiments.benchmarks.five_datasets import five_datasets
-from experiments.benchmarks.image_data import ImageBenchmark
+from experiments.benchmarks.image_data import ImageBenchmark, RawImages, SizeCaps, split_by_classes
 from experiments.benchmarks.mini_imagenet import mini_imagenet
 from experiments.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist
 from experiments.benchmarks.split_cifar import split_cifar10, split_cifar100
@@ -315,3 +315,18 @@ def test_missing_files_are_named(build, names: list[str], tmp_path: Path) -> Non
         build(tmp_path)
     for name in names:
         assert name in str(error.value)
+
+
+def test_tasks_cut_from_class_sorted_files_have_mixed_class_batches():
+    # Files listed class by class (like the CIFAR-10 JPEG archive) must not give single-class
+    # evaluation batches: the paper's networks normalise with batch statistics in eval mode.
+    labels = torch.arange(4).repeat_interleave(40)
+    images = torch.randint(0, 256, (160, 1, 2, 2), dtype=torch.uint8)
+    raw = RawImages(images, labels, images.clone(), labels.clone(), classes=("a", "b", "c", "d"))
+    benchmark = split_by_classes(raw, 2, seed=0, val_fraction=0.25, caps=SizeCaps())
+    for stream in (benchmark.benchmark.train_stream, benchmark.benchmark.valid_stream, benchmark.benchmark.test_stream):
+        for experience in stream:
+            first_half = [experience.dataset[i][1] for i in range(len(experience.dataset) // 2)]
+            assert set(first_half) == {0, 1}
+    test = benchmark.benchmark.test_stream[0].dataset
+    assert sorted(test[i][1] for i in range(len(test))) == [0] * 40 + [1] * 40  # a permutation, nothing lost
