@@ -12,6 +12,7 @@ substring, so branch 1 can never be confused with branch 10.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -149,7 +150,10 @@ class LoraBranches:
         :return: the index of the new branch.
         """
         name = branch_name(self.num_branches)
-        inject_adapter_in_model(self.config(), self.model, adapter_name=name)
+        with warnings.catch_warnings():
+            # peft warns that the model already has adapters: one per task is the point here.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(self.config(), self.model, adapter_name=name)
         self.names.append(name)
         for layer in self.layers().values():
             layer.branch_names = self.names  # shared list: later branches appear everywhere at once
