@@ -10,9 +10,10 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import SupervisedPlugin
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from avalanche_gpm.capture import GramRecorder, input_dim
+from avalanche_gpm.distributed import DistributedHelper, all_reduce_sum, shard_count
 from avalanche_gpm.memory import GradientProjectionMemory, check_memory_options
 from avalanche_gpm.projection import ProjectionForm
 from avalanche_gpm.selection import LayerSelection, select_layers
@@ -21,7 +22,7 @@ from avalanche_gpm.step_recorder import StepRecorder
 from avalanche_gpm.subspace import FirstTaskRule
 
 
-class GPMPlugin(SupervisedPlugin):
+class GPMPlugin(SupervisedPlugin, supports_distributed=True):
     """Gradient Projection Memory.
 
     After each experience the plugin records the inputs of every protected layer on a few
@@ -39,6 +40,11 @@ class GPMPlugin(SupervisedPlugin):
         sequence with one value per protected layer (model order), a mapping by layer name, or a
         callable ``task_index -> any of those`` (e.g. :class:`~avalanche_gpm.settings.LinearSchedule`
         ``(0.97, 0.003)`` for the paper's CIFAR-100 schedule).
+
+    Under torch DDP (see :mod:`avalanche_gpm.distributed`) the plugin works on the unwrapped model
+    (layer names without ``module.``), splits the capture samples over the ranks, sums the Gram
+    matrices over ranks, grows the bases on rank 0 and broadcasts them, so every rank holds a
+    bitwise identical memory; gradients are projected after DDP has averaged them.
     :param modules: names of the layers to protect; default every ``nn.Linear`` and
         ``nn.Conv2d`` outside task heads and ``exclude``.
     :param exclude: modules left unprotected (with their children), e.g. a task-specific head.
@@ -96,7 +102,7 @@ class GPMPlugin(SupervisedPlugin):
     # -- hooks -----------------------------------------------------------------------------
 
     def before_training_exp(self, strategy, **kwargs):
-        self._select(strategy.model)
+        self._select(DistributedHelper.unwrap_model(strategy.model))
         self._check_optimizer(strategy.optimizer)
         if self.experiences_learned > 0:
             # A momentum buffer from the previous experience points inside the protected space.
@@ -105,7 +111,8 @@ class GPMPlugin(SupervisedPlugin):
             if self._steps is not None:  # left over by an experience that raised mid-training
                 self._steps.remove()
             linear = {name: m for name, m in self._selection.protected.items() if isinstance(m, nn.Linear)}
-            self._steps = StepRecorder(linear)
+            # Under DDP the hooks would see this rank's unreduced inputs, never the averaged gradient.
+            self._steps = None if DistributedHelper.is_distributed else StepRecorder(linear)
 
     def before_forward(self, strategy, **kwargs):
         if self._steps is not None:
@@ -127,7 +134,11 @@ class GPMPlugin(SupervisedPlugin):
             self._steps = None
         names = self.memory.layer_names
         grams = self._capture(strategy)
-        self.memory.update(grams, resolve_thresholds(self.threshold, self.experiences_learned, names))
+        thresholds = resolve_thresholds(self.threshold, self.experiences_learned, names)
+        if DistributedHelper.is_distributed:
+            self._update_distributed(grams, thresholds)
+        else:
+            self.memory.update(grams, thresholds)
         self.experiences_learned += 1
         usage = self.memory.usage()
         self.usage_history.append(
@@ -208,6 +219,19 @@ class GPMPlugin(SupervisedPlugin):
                 "per coordinate, which moves weights inside the protected space."
             )
 
+    def _update_distributed(self, grams: dict[str, torch.Tensor], thresholds: Mapping[str, float]) -> None:
+        """Sum the ranks' Gram matrices, grow the bases on rank 0, give every rank rank 0's memory."""
+        summed = {}
+        for name, dim in self.memory.input_dims.items():
+            local = grams.get(name)  # missing where this rank's capture shard was empty
+            local = torch.zeros(dim, dim, dtype=torch.float64) if local is None else local.double().cpu()
+            summed[name] = all_reduce_sum(local)
+        if DistributedHelper.is_main_process:
+            self.memory.update(summed, thresholds)
+        state = DistributedHelper.broadcast_object(self.memory.state_dict() if DistributedHelper.is_main_process else None)
+        if not DistributedHelper.is_main_process:
+            self.memory.load_state_dict(state)
+
     @torch.no_grad()
     def _capture(self, strategy) -> dict[str, torch.Tensor]:
         names = self.memory.layer_names
@@ -215,15 +239,28 @@ class GPMPlugin(SupervisedPlugin):
         dataset = strategy.experience.dataset.eval()
         if len(dataset) == 0:
             raise ValueError("GPM cannot build its memory from an empty experience")
-        loader = DataLoader(
-            dataset,
-            batch_size=self.capture_batch_size or max(num_samples.values()),
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed + self.experiences_learned),
-            collate_fn=getattr(dataset, "collate_fn", None),
-        )
+        generator = torch.Generator().manual_seed(self.seed + self.experiences_learned)
+        collate_fn = getattr(dataset, "collate_fn", None)
+        if DistributedHelper.is_distributed:
+            # The samples a single process would record, in its order; rank r takes every
+            # world_size-th one from position r, so the ranks' Gram matrices sum to its Gram matrix.
+            rank, world = DistributedHelper.rank, DistributedHelper.world_size
+            order = list(RandomSampler(dataset, generator=generator))[: max(num_samples.values())]
+            num_samples = {name: shard_count(n, len(order), rank, world) for name, n in num_samples.items()}
+            dataset = Subset(dataset, order[rank::world])
+            loader = DataLoader(
+                dataset, batch_size=self.capture_batch_size or max(1, len(dataset)), collate_fn=collate_fn
+            )
+        else:
+            loader = DataLoader(
+                dataset,
+                batch_size=self.capture_batch_size or max(num_samples.values()),
+                shuffle=True,
+                generator=generator,
+                collate_fn=collate_fn,
+            )
         recorder = GramRecorder(self._selection.protected, num_samples)
-        model = strategy.model
+        model = DistributedHelper.unwrap_model(strategy.model)  # no DDP forward: no collectives here
         was_training = model.training
         model.eval()
         try:

@@ -1,0 +1,172 @@
+"""Running GPM strategies under torch DDP with Avalanche 0.6.0's ``DistributedHelper``.
+
+Avalanche 0.6.0 has the pieces but does not put them together:
+
+* it never wraps the model in ``DistributedDataParallel``: without :func:`wrap_for_ddp` every
+  rank silently trains its own copy;
+* it shards the *training* data with a ``DistributedSampler`` only when the experience has task
+  labels (``hasattr(experience, "task_labels")``); otherwise every rank trains on all the data.
+  :func:`wrap_for_ddp` adds a check that raises instead (:func:`check_train_sharding`);
+* it shards evaluation but does not reduce metrics: each rank reports its own shard. Use
+  :func:`distributed_accuracy` (or :func:`all_reduce_sum` on your own counts) for global numbers.
+
+:class:`~avalanche_gpm.plugin.GPMPlugin` itself is distributed-safe: its memory is identical on
+every rank. Launch one process per device, e.g. ``torchrun --nproc_per_node=2 train.py``::
+
+    DistributedHelper.init_distributed(seed, backend="gloo", use_cuda=False)  # every rank
+    strategy = wrap_for_ddp(GPM(model=model, optimizer=SGD(model.parameters(), lr=0.1), ...))
+    for experience in benchmark.train_stream:  # experiences must carry task labels
+        strategy.train(experience)
+        accuracy = distributed_accuracy(strategy.model, test_set, batch_size=64)
+    shutdown_distributed(strategy)
+
+Use the per-rank minibatch ``train_mb_size = global batch / world_size``. Data sets whose length
+is not a multiple of the world size are padded by ``DistributedSampler`` (a few samples are seen
+twice per epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from avalanche.distributed import DistributedHelper
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import SupervisedPlugin
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+__all__ = [
+    "DistributedHelper",
+    "DistributedChecks",
+    "all_reduce_sum",
+    "check_train_sharding",
+    "distributed_accuracy",
+    "distributed_accuracy_row",
+    "shard_count",
+    "shutdown_distributed",
+    "unwrap_from_ddp",
+    "wrap_for_ddp",
+]
+
+
+def shard_count(num_items: int, available: int, rank: int, world_size: int) -> int:
+    """How many of the first ``min(num_items, available)`` positions ``i`` have ``i % world_size == rank``."""
+    return len(range(rank, min(num_items, available), world_size))
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum of ``tensor`` over all ranks (a copy; ``tensor`` itself when not distributed).
+
+    Runs on the CPU with gloo and on the process's device with NCCL, and returns the result on
+    ``tensor``'s device. Every rank must call it with a tensor of the same shape and dtype.
+    """
+    if not DistributedHelper.is_distributed:
+        return tensor
+    device = tensor.device
+    comm_device = DistributedHelper.make_device() if DistributedHelper.forced_cuda_comm else device
+    reduced = tensor.detach().clone().to(comm_device)
+    torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.SUM)
+    return reduced.to(device)
+
+
+def check_train_sharding(experience) -> None:
+    """Raise unless Avalanche 0.6.0 will shard this experience's training data over the ranks.
+
+    ``SupervisedTemplate.make_train_dataloader`` uses a ``DistributedSampler`` only for
+    experiences with a ``task_labels`` attribute; other experiences are fed whole to every rank,
+    which silently multiplies the data by the world size. No-op when not distributed.
+    """
+    if DistributedHelper.is_distributed and not hasattr(experience, "task_labels"):
+        raise ValueError(
+            f"experience {getattr(experience, 'current_experience', '?')} has no task labels: Avalanche 0.6.0 "
+            "shards training data over ranks only for experiences with task labels, so every rank would "
+            "train on all of it. Build the benchmark with task labels (e.g. all 0) for distributed runs."
+        )
+
+
+class DistributedChecks(SupervisedPlugin, supports_distributed=True):
+    """Fails a distributed training run early on experiences Avalanche would not shard."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        check_train_sharding(strategy.experience)
+
+
+def wrap_for_ddp(strategy):
+    """Wrap ``strategy.model`` in ``DistributedDataParallel`` (Avalanche 0.6.0 never does it).
+
+    Call after :meth:`DistributedHelper.init_distributed` and after building the strategy; the
+    optimizer keeps working since DDP shares the model's parameters. Also adds
+    :class:`DistributedChecks` to the strategy's plugins. When not distributed the strategy is
+    returned unchanged (no wrapper, no extra plugin), so the same script runs in one process.
+
+    DDP broadcasts rank 0's parameters on wrapping, so the ranks start identical.
+
+    :return: ``strategy``, for chaining.
+    """
+    if not DistributedHelper.is_distributed:
+        return strategy
+    model = DistributedHelper.unwrap_model(strategy.model)
+    strategy.model = DistributedHelper.wrap_model(model)
+    if not any(isinstance(p, DistributedChecks) for p in strategy.plugins):
+        strategy.plugins.append(DistributedChecks())
+    return strategy
+
+
+def unwrap_from_ddp(strategy):
+    """Put the bare model back into ``strategy.model`` (e.g. before saving or shutting down)."""
+    strategy.model = DistributedHelper.unwrap_model(strategy.model)
+    return strategy
+
+
+def shutdown_distributed(strategy=None) -> None:
+    """Barrier, drop the DDP wrapper, destroy the process group (avoids crashes at exit)."""
+    if not DistributedHelper.is_distributed:
+        return
+    DistributedHelper.barrier()
+    if strategy is not None:
+        unwrap_from_ddp(strategy)
+    torch.distributed.destroy_process_group()
+
+
+@torch.no_grad()
+def distributed_accuracy(
+    model: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Accuracy of ``model`` on the whole ``dataset``, computed jointly by all ranks.
+
+    Rank ``r`` evaluates samples ``r, r + world_size, ...`` (no padding, unlike
+    ``DistributedSampler``), then ``(correct, count)`` are summed over ranks, so every rank gets
+    the accuracy a single process gets on the full data set. Uses the unwrapped model (no DDP
+    collectives in the forward pass). Not distributed: a plain evaluation.
+
+    :param dataset: an Avalanche dataset (items ``(x, y, task_label, ...)``).
+    """
+    rank, world = DistributedHelper.rank, DistributedHelper.world_size
+    bare = DistributedHelper.unwrap_model(model)
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(shard, batch_size=batch_size, collate_fn=getattr(dataset, "collate_fn", None))
+    was_training = bare.training
+    bare.eval()
+    counts = torch.zeros(2, dtype=torch.float64)
+    try:
+        for x, y, t, *_ in loader:
+            out = avalanche_forward(bare, x.to(device), t.to(device))
+            counts[0] += (out.argmax(dim=1).cpu() == y).sum().item()
+            counts[1] += y.numel()
+    finally:
+        bare.train(was_training)
+    correct, count = all_reduce_sum(counts).tolist()
+    if count == 0:
+        raise ValueError("distributed_accuracy: empty data set")
+    return correct / count
+
+
+def distributed_accuracy_row(model: nn.Module, experiences: Iterable, **kwargs) -> list[float]:
+    """:func:`distributed_accuracy` of every experience of a (test) stream, in stream order."""
+    return [distributed_accuracy(model, exp.dataset.eval(), **kwargs) for exp in experiences]
+
