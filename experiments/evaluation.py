@@ -26,12 +26,24 @@ def accuracy_row(results: Mapping[str, float], num_experiences: int) -> list[flo
     :param num_experiences: number of experiences in the evaluated test stream.
     :return: accuracy of experience ``0 .. num_experiences - 1``, whatever their task labels.
     """
+    return experience_row(results, _EXPERIENCE_ACCURACY, num_experiences)
+
+
+def experience_row(results: Mapping[str, float], prefix: str, num_experiences: int) -> list[float]:
+    """One per-experience metric of every evaluated experience, from one ``strategy.eval``.
+
+    :param results: the dictionary ``strategy.eval(stream)`` returns.
+    :param prefix: the metric's name up to the task part, e.g.
+        ``"Top1_Acc_Exp/eval_phase/test_stream/"``; keys continue with ``TaskNNN/ExpNNN``.
+    :param num_experiences: number of experiences in the evaluated stream.
+    :return: the metric of experience ``0 .. num_experiences - 1``, whatever their task labels.
+    """
     by_experience = {
         int(key.rpartition("/Exp")[2]): float(value)
         for key, value in results.items()
-        if key.startswith(_EXPERIENCE_ACCURACY)
+        if key.startswith(prefix)
     }
     missing = [j for j in range(num_experiences) if j not in by_experience]
     if missing:
-        raise KeyError(f"no test accuracy for experiences {missing}; was the whole test stream evaluated?")
+        raise KeyError(f"no {prefix.split('/')[0]} for experiences {missing}; was the whole stream evaluated?")
     return [by_experience[j] for j in range(num_experiences)]

@@ -1,4 +1,4 @@
-"""Figures of a sweep: accuracy matrices, per-task curves, GPM memory, and ACC/BWT bars.
+"""Figures of a sweep: accuracy (and other) heat maps, per-task curves, GPM memory, and ACC/BWT bars.
 
 A joint (multitask) run has a ``1 x T`` matrix, its final accuracies, and no BWT.
 
@@ -34,26 +34,60 @@ def plot_accuracy_matrices(matrices: Mapping[str, np.ndarray], path: str | os.Pa
     :param matrices: seed-averaged ``T x T`` (joint: ``1 x T``) accuracy matrix by strategy.
     :param path: the PNG file.
     """
+    plot_heatmaps(matrices, path)
+
+
+def plot_heatmaps(
+    matrices: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    vmax: float = 1.0,
+    annotation_scale: float = 100.0,
+    annotation_format: str = ".0f",
+    colorbar_label: str = "test accuracy",
+    xlabel: str = "evaluated task",
+    ylabel: str = "trained up to task",
+    tick_labels: Sequence[str] | None = None,
+) -> None:
+    """One annotated heat map per entry (values in ``[0, vmax]``); a single row for joint runs.
+
+    NaN entries (not evaluated) stay blank.
+
+    :param matrices: a matrix by panel title.
+    :param path: the PNG file.
+    :param vmax: top of the colour scale (its bottom is 0).
+    :param annotation_scale: factor of the printed values (100: fractions shown as percent).
+    :param annotation_format: format of the printed values.
+    :param colorbar_label: label of the colour bar.
+    :param xlabel: label of the columns.
+    :param ylabel: label of the rows (of a ``T x T`` matrix).
+    :param tick_labels: names of the tasks, for both axes; default their indices.
+    """
     figure = Figure(figsize=(_PANEL * len(matrices), _PANEL))
     axes = figure.subplots(1, len(matrices), squeeze=False)[0]
     for ax, (strategy, matrix) in zip(axes, matrices.items()):
-        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        image = ax.imshow(matrix, vmin=0.0, vmax=vmax, cmap="viridis")
         rows, cols = matrix.shape
         for t in range(rows):
             for j in range(cols):
+                if np.isnan(matrix[t, j]):
+                    continue
                 # Dark text on the bright (high-accuracy) end of viridis, light text elsewhere.
-                colour = "black" if matrix[t, j] > 0.6 else "white"
-                ax.text(j, t, f"{100 * matrix[t, j]:.0f}", ha="center", va="center", fontsize=7, color=colour)
-        ax.set_xticks(range(cols))
-        ax.set_xlabel("evaluated task")
+                colour = "black" if matrix[t, j] > 0.6 * vmax else "white"
+                text = format(annotation_scale * matrix[t, j], annotation_format)
+                ax.text(j, t, text, ha="center", va="center", fontsize=7, color=colour)
+        names = list(tick_labels) if tick_labels is not None else None
+        rotation = {"rotation": 45, "ha": "right"} if names is not None else {}
+        ax.set_xticks(range(cols), names[:cols] if names is not None else None, **rotation)
+        ax.set_xlabel(xlabel)
         if _is_joint(matrix):
             ax.set_yticks([0], ["all"])
             ax.set_ylabel("trained jointly on")
         else:
-            ax.set_yticks(range(rows))
-            ax.set_ylabel("trained up to task")
+            ax.set_yticks(range(rows), names[:rows] if names is not None else None)
+            ax.set_ylabel(ylabel)
         ax.set_title(strategy)
-    figure.colorbar(image, ax=list(axes), shrink=0.8, label="test accuracy")
+    figure.colorbar(image, ax=list(axes), shrink=0.8, label=colorbar_label)
     _save(figure, path)
 
 

@@ -6,6 +6,7 @@ import platform
 import resource
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -13,12 +14,16 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "avalanche-lib", "avalanche-gpm-gainlora")
+_CODE_DIRS = ("avalanche_gpm", "experiments")
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of torch, Avalanche and this project (None when not installed)."""
+def package_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
+    """Installed versions of torch, Avalanche and this project (None when not installed).
+
+    :param extra: further distribution names to report, e.g. ``("transformers", "peft")``.
+    """
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
+    for name in (*_PACKAGES, *extra):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -34,13 +39,17 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip()
 
 
-def git_commit() -> str | None:
+def git_commit(code_dirs: Sequence[str] = _CODE_DIRS) -> str | None:
     """The project's ``HEAD`` commit, with ``+dirty`` when tracked code differs from it; None
-    outside a git checkout or without git."""
+    outside a git checkout or without git.
+
+    :param code_dirs: folders (relative to the project root) whose tracked changes mark the
+        commit dirty.
+    """
     head = _git("rev-parse", "HEAD")
     if not head:
         return None
-    changes = _git("status", "--porcelain", "--untracked-files=no", "--", "avalanche_gpm", "experiments")
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", *code_dirs)
     return f"{head}+dirty" if changes else head
 
 

@@ -34,30 +34,44 @@ def load_records(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in paths]
 
 
-def group_by_strategy(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+def group_by_strategy(
+    records: Sequence[Mapping[str, Any]], *, key: str = "strategy"
+) -> dict[str, list[Mapping[str, Any]]]:
     """Records grouped by strategy; all must come from one benchmark.
 
     :param records: run records.
+    :param key: the field of ``record["config"]`` that names the strategy (e.g. ``"method"``).
     """
     benchmarks = {record["config"]["benchmark"] for record in records}
     if len(benchmarks) > 1:
         raise ValueError(f"records of several benchmarks {sorted(benchmarks)} in one folder; report them separately")
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
-        groups[record["config"]["strategy"]].append(record)
+        groups[record["config"][key]].append(record)
     return dict(groups)
 
 
-def mean_matrix(runs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def mean_matrix(runs: Sequence[Mapping[str, Any]], field: str = "accuracy_matrix") -> np.ndarray:
     """Seed average of the accuracy matrices of one strategy.
 
     :param runs: records of one strategy.
+    :param field: the record field holding the matrix (None entries, not evaluated, become NaN).
     """
-    matrices = [np.asarray(run["accuracy_matrix"], dtype=float) for run in runs]
+    matrices = [np.asarray(_lookup(run, field), dtype=float) for run in runs]
     shapes = {m.shape for m in matrices}
     if len(shapes) > 1:
-        raise ValueError(f"runs of {runs[0]['config']['strategy']} have accuracy matrices of shapes {sorted(shapes)}")
+        config = runs[0]["config"]
+        name = config.get("strategy", config.get("method"))
+        raise ValueError(f"runs of {name} have {field} matrices of shapes {sorted(shapes)}")
     return np.mean(matrices, axis=0)
+
+
+def _lookup(record: Mapping[str, Any], field: str) -> Any:
+    """``record[a][b]`` for ``field="a.b"``."""
+    value: Any = record
+    for part in field.split("."):
+        value = value[part]
+    return value
 
 
 def mean_memory_fractions(runs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:

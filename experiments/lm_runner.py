@@ -1,0 +1,415 @@
+"""One instruction-tuning run: a LoRA method trained task by task on a language model, saved as JSON.
+
+After each task the model answers the test prompts greedily (by default those of the tasks seen
+so far, the paper's protocol; optionally all tasks), which gives one row of the score matrices
+``a[l][i]`` (ROUGE-L and exact match, in percent). AP and FT (GainLoRA paper, see
+:func:`~experiments.metrics.ap_ft`) are computed on the benchmark's metric: ROUGE-L for SuperNI,
+exact match for Long Sequence. For GainLoRA methods the record also holds the gate matrix
+``G[i][j]``: the mean gate value of branch ``i`` on the test prompts of task ``j`` after the
+last task.
+
+Records are named ``<method>_seed<seed>.json``; a run whose record exists with the same
+configuration is skipped (and its record returned), as in :mod:`experiments.runner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from avalanche.benchmarks.scenarios import CLStream
+from avalanche.evaluation.metrics import loss_metrics
+from avalanche.logging import InteractiveLogger
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from avalanche_gainlora.branches import LoraBranches
+from avalanche_gainlora.data import instruction_benchmark
+from avalanche_gainlora.generation_metrics import generation_metrics
+from avalanche_gainlora.plugins import GainLoRAPlugin
+from avalanche_gainlora.strategy import LanguageModelStrategy
+from experiments.evaluation import experience_row
+from experiments.instruction import InstructionTask
+from experiments.lm_methods import (
+    MethodOptions,
+    build_plugins,
+    gate_plugin,
+    get_method,
+    is_encoder_decoder,
+    resolved_options,
+)
+from experiments.lm_models import load_model_and_tokenizer
+from experiments.metrics import ap_ft
+from experiments.provenance import cuda_peak_mib, git_commit, max_rss_mib, package_versions, reset_cuda_peak
+from experiments.runner import _existing_record, _write_atomically
+
+ModelFactory = Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+
+#: Record keys of the scores and the Avalanche metric each comes from.
+SCORES: dict[str, str] = {"rouge_l": "RougeL", "exact_match": "ExactMatch"}
+
+#: The score AP and FT are computed on, by benchmark (GainLoRA paper).
+PRIMARY_SCORE: dict[str, str] = {"superni": "rouge_l", "long_sequence": "exact_match"}
+
+#: Packages whose versions go into every record, besides torch, Avalanche and this project.
+LM_PACKAGES = ("transformers", "peft", "tokenizers", "gguf", "rouge-score")
+
+#: Folders whose uncommitted changes mark the recorded commit dirty.
+LM_CODE_DIRS = ("avalanche_gpm", "avalanche_gainlora", "experiments")
+
+_TEST_PREFIX = "_Exp/eval_phase/test_stream/"
+_TRAIN_LOSS = "Loss_Epoch/train_phase/train_stream/"
+
+
+@dataclass(frozen=True)
+class LMSettings:
+    """Protocol of a run: optimiser, LoRA, lengths, evaluation, and the methods' options.
+
+    :param epochs: training epochs per task.
+    :param batch_size: training mini-batch size.
+    :param eval_batch_size: prompts per generation batch.
+    :param lr: constant learning rate of AdamW (reference: 3e-4 for T5).
+    :param weight_decay: AdamW weight decay (0: Adam).
+    :param rank: LoRA rank of every branch (reference: 4 SuperNI, 8 Long Sequence).
+    :param alpha: LoRA alpha (branches scaled by alpha / rank).
+    :param dropout: LoRA dropout.
+    :param target_modules: adapted layers; None is peft's default for the model (q and v projections).
+    :param max_prompt_tokens: prompts keep their last tokens up to this budget.
+    :param max_answer_tokens: training answers are cut to this budget (eos included).
+    :param max_new_tokens: most tokens generated per answer.
+    :param eval_all_tasks: after each task also evaluate the tasks not trained yet (full ``T x T``
+        matrices); by default only the seen ones (the entries AP and FT use), the others are None.
+    :param methods: options of the methods (see :class:`~experiments.lm_methods.MethodOptions`).
+    """
+
+    epochs: int = 1
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    rank: int = 4
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+    max_prompt_tokens: int = 128
+    max_answer_tokens: int = 32
+    max_new_tokens: int = 32
+    eval_all_tasks: bool = False
+    methods: MethodOptions = field(default_factory=MethodOptions)
+
+    def replace(self, **changes: Any) -> LMSettings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self, method: str, *, encoder_decoder: bool) -> dict[str, Any]:
+        """JSON-compatible protocol of one method's run, its own options only, defaults resolved.
+
+        :param method: a registered method.
+        :param encoder_decoder: the model's architecture (decides the default gate width).
+        """
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "methods"}
+        if record["target_modules"] is not None:
+            record["target_modules"] = list(record["target_modules"])
+        record["method_options"] = resolved_options(method, self.methods, encoder_decoder=encoder_decoder)
+        return record
+
+
+def result_path(out_dir: str | os.PathLike, method: str, seed: int) -> Path:
+    """Where the record of one run lives: ``<out_dir>/<method>_seed<seed>.json``."""
+    return Path(out_dir) / f"{method}_seed{seed}.json"
+
+
+def tasks_fingerprint(tasks: Sequence[InstructionTask]) -> str:
+    """SHA-256 of the tasks' names, prompts and answers: a record is reused only for the same data."""
+    content = [
+        [task.name, [[e.prompt, e.answer] for e in task.train], [[e.prompt, e.answer] for e in task.test]]
+        for task in tasks
+    ]
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def run_config(
+    method: str,
+    seed: int,
+    tasks: Sequence[InstructionTask],
+    model_name: str,
+    settings: LMSettings,
+    encoder_decoder: bool,
+    data: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The configuration stored in (and compared with) a run's record."""
+    return {
+        "method": method,
+        "seed": seed,
+        "model": model_name,
+        "encoder_decoder": encoder_decoder,
+        "benchmark": _benchmark(tasks),
+        "tasks": [task.name for task in tasks],
+        "data": dict(data) if data is not None else None,
+        "data_sha256": tasks_fingerprint(tasks),
+        "settings": settings.to_dict(method, encoder_decoder=encoder_decoder),
+    }
+
+
+def run_lm(
+    method: str,
+    seed: int,
+    out_dir: str | os.PathLike,
+    *,
+    tasks: Sequence[InstructionTask],
+    model_name: str,
+    settings: LMSettings | None = None,
+    model_factory: ModelFactory | None = None,
+    data: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate one (method, seed) on a task order and write its record.
+
+    :param method: a registered method (see :data:`~experiments.lm_methods.METHODS`).
+    :param seed: seeds torch, numpy and random (LoRA initialisation, batch order).
+    :param out_dir: folder of the JSON record (created if needed).
+    :param tasks: the tasks in training order (e.g. from
+        :func:`~experiments.instruction.load_tasks`).
+    :param model_name: the model's name, stored in the record; also what the default factory loads.
+    :param settings: the protocol (default :class:`LMSettings`).
+    :param model_factory: returns a fresh model and its tokenizer (pad token set) for each run;
+        default :func:`~experiments.lm_models.load_model_and_tokenizer` of ``model_name``. A model
+        is only built when the run is not skipped.
+    :param data: how the tasks were loaded (order, caps, data seed), stored in the configuration.
+    :param device: training device, e.g. ``"cpu"`` or ``"cuda"``.
+    :param force: rerun and overwrite an existing record.
+    :param progress: show a progress bar over tasks, and say when a run is skipped.
+    :param verbose: also print Avalanche's per-epoch progress and metrics (InteractiveLogger).
+    :return: the record (also when it was read back from an existing file).
+    :raises ValueError: for an unknown method, tasks of mixed benchmarks, or an existing record
+        made with another configuration (rerun with ``force`` or use another ``out_dir``).
+    """
+    get_method(method)  # an unknown name fails here, listing the valid ones
+    if not tasks:
+        raise ValueError("no tasks to train on")
+    settings = settings or LMSettings()
+    benchmark_name = _benchmark(tasks)
+    path = result_path(out_dir, method, seed)
+    if model_factory is None:
+        model_factory = functools.partial(load_model_and_tokenizer, model_name, device=device)
+
+    if path.exists() and not force:
+        # The configuration depends on the model only through its name and architecture; take
+        # the architecture from the record rather than building a model just to skip a run.
+        recorded = json.loads(path.read_text()).get("config", {}).get("encoder_decoder", False)
+        config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data)
+        record = _existing_record(path, config)
+        if progress:
+            tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
+        return record
+
+    commit = git_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
+    model, tokenizer = model_factory()
+    torch_device = torch.device(device)
+    model.to(torch_device)
+    config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data)
+
+    RNGManager.set_random_seeds(seed)
+    benchmark = instruction_benchmark(
+        [task.train for task in tasks],
+        [task.test for task in tasks],
+        tokenizer,
+        is_encoder_decoder=config["encoder_decoder"],
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_answer_tokens=settings.max_answer_tokens,
+    )
+    branches = LoraBranches(
+        model,
+        target_modules=settings.target_modules,
+        rank=settings.rank,
+        alpha=settings.alpha,
+        dropout=settings.dropout,
+    )
+    plugins = build_plugins(method, branches, num_tasks=len(tasks), options=settings.methods)
+    strategy = GenerationEvalStrategy(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay),
+        tokenizer=tokenizer,
+        train_mb_size=settings.batch_size,
+        train_epochs=settings.epochs,
+        eval_mb_size=settings.eval_batch_size,
+        device=torch_device,
+        plugins=plugins,
+        evaluator=_evaluator(verbose),
+        max_new_tokens=settings.max_new_tokens,
+    )
+
+    reset_cuda_peak(torch_device)
+    primary = PRIMARY_SCORE[benchmark_name]
+    label = f"{method} seed {seed}"
+    with warnings.catch_warnings():
+        # LoraBranches injects one peft adapter per task on purpose; peft warns from the second on.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        matrices, losses, timing = _train_and_evaluate(
+            strategy, benchmark.train_stream, benchmark.test_stream, settings.eval_all_tasks, label, primary, progress
+        )
+    gates = gate_plugin(plugins)
+    gate_values = None
+    if gates is not None:  # GainLoRA methods only
+        gate_values = gate_matrix(gates, benchmark.test_stream, torch_device, settings.eval_batch_size)
+
+    summary = {name: _ap_ft(matrix) for name, matrix in matrices.items()}
+    names = [task.name for task in tasks]
+    record = {
+        "config": config,
+        "primary_metric": primary,
+        "score_matrix": matrices[primary],
+        "ap": summary[primary]["ap"],
+        "ft": summary[primary]["ft"],
+        "score_matrices": matrices,
+        "metrics": summary,
+        "final_scores": {name: dict(zip(names, matrix[-1])) for name, matrix in matrices.items()},
+        "gate_matrix": gate_values,
+        "train_loss": losses,
+        "wall_time_s": timing["wall_s"],
+        "train_time_s": timing["train_s"],
+        "eval_time_s": timing["eval_s"],
+        "task_times_s": timing["per_task"],
+        "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
+        "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_atomically(path, record)
+    return record
+
+
+class GenerationEvalStrategy(LanguageModelStrategy):
+    """:class:`~avalanche_gainlora.strategy.LanguageModelStrategy` whose evaluation only generates.
+
+    The scores come from greedy generation (the generation metrics call ``generate`` after each
+    evaluation iteration); Avalanche's evaluation loop would also run a teacher-forced forward
+    pass and loss on every test batch, which nobody reads here and which costs about as much as
+    the generation on a CPU. Evaluation skips both: ``mb_output`` is None and the loss 0.
+    """
+
+    def forward(self) -> Any:
+        return super().forward() if self.is_training else None
+
+    def criterion(self) -> torch.Tensor:
+        return super().criterion() if self.is_training else torch.zeros((), device=self.device)
+
+
+@torch.no_grad()
+def gate_matrix(
+    plugin: GainLoRAPlugin, test_stream: CLStream, device: torch.device, batch_size: int
+) -> list[list[float]]:
+    """``G[i][j]``: mean value of gate ``i`` over the test prompts of task ``j``.
+
+    The gates see what they see at generation time: the pooled embeddings of the prompts.
+
+    :param plugin: the trained GainLoRA plugin.
+    :param test_stream: one experience per task.
+    :param device: where the model is.
+    :param batch_size: prompts per pass.
+    :return: a ``num_gates x num_tasks`` matrix (list of rows).
+    """
+    columns = []
+    for experience in test_stream:
+        dataset = experience.dataset.eval()
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
+        values = []
+        for inputs, *_ in loader:
+            pooled = plugin.router.pooled(
+                inputs["input_ids"].to(device), inputs["attention_mask"].to(device), inputs["labels"].to(device)
+            )
+            values.append(plugin.gates(pooled.to(plugin.gates.current.key.dtype)))
+        columns.append(torch.cat(values).mean(dim=0))
+    return torch.stack(columns, dim=1).double().cpu().tolist()
+
+
+def _benchmark(tasks: Sequence[InstructionTask]) -> str:
+    benchmarks = sorted({task.benchmark for task in tasks})
+    if len(benchmarks) != 1:
+        raise ValueError(f"tasks of several benchmarks {benchmarks} in one order; run them separately")
+    if benchmarks[0] not in PRIMARY_SCORE:
+        raise ValueError(f"unknown benchmark {benchmarks[0]!r}; expected one of {sorted(PRIMARY_SCORE)}")
+    return benchmarks[0]
+
+
+def _evaluator(verbose: bool) -> EvaluationPlugin:
+    """Training loss per epoch and the generation scores of each test experience."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(
+            loss_metrics(epoch=True),
+            *generation_metrics(stream=False),
+            loggers=[InteractiveLogger()] if verbose else [],
+        )
+
+
+def _train_and_evaluate(
+    strategy: LanguageModelStrategy,
+    train_stream: CLStream,
+    test_stream: CLStream,
+    eval_all_tasks: bool,
+    label: str,
+    primary: str,
+    progress: bool,
+) -> tuple[dict[str, list[list[float | None]]], list[float | None], dict[str, Any]]:
+    """Train task by task, generating answers for the test prompts after each.
+
+    :return: the score matrices by score name (None: not evaluated), the last epoch's training
+        loss of each task, and the timings.
+    """
+    num_tasks = len(train_stream)
+    matrices: dict[str, list[list[float | None]]] = {name: [] for name in SCORES}
+    losses: list[float | None] = []
+    per_task = []
+    start = time.perf_counter()
+    bar = tqdm(train_stream, desc=label, unit="task", disable=not progress)
+    for index, experience in enumerate(bar):
+        train_start = time.perf_counter()
+        trained = strategy.train(experience)
+        train_s = time.perf_counter() - train_start
+        losses.append(_last_loss(trained))
+        evaluated = num_tasks if eval_all_tasks else index + 1
+        eval_start = time.perf_counter()
+        results = strategy.eval(test_stream[:evaluated])
+        eval_s = time.perf_counter() - eval_start
+        for name, metric in SCORES.items():
+            row = experience_row(results, metric + _TEST_PREFIX, evaluated)
+            matrices[name].append(row + [None] * (num_tasks - evaluated))
+        per_task.append({"train_s": train_s, "eval_s": eval_s})
+        seen = matrices[primary][-1][: index + 1]
+        loss = float("nan") if losses[-1] is None else losses[-1]
+        bar.set_postfix({primary: f"{sum(seen) / len(seen):.1f}", "loss": f"{loss:.3f}"})
+    timing = {
+        "wall_s": time.perf_counter() - start,
+        "train_s": sum(t["train_s"] for t in per_task),
+        "eval_s": sum(t["eval_s"] for t in per_task),
+        "per_task": per_task,
+    }
+    return matrices, losses, timing
+
+
+def _last_loss(metrics: Mapping[str, Any]) -> float | None:
+    values = [float(value) for key, value in metrics.items() if key.startswith(_TRAIN_LOSS)]
+    return values[-1] if values else None
+
+
+def _ap_ft(matrix: Sequence[Sequence[float | None]]) -> dict[str, float | None]:
+    """AP and FT of a matrix with None above the diagonal; FT is None for a single task."""
+    ap, ft = ap_ft([[float("nan") if value is None else value for value in row] for row in matrix])
+    return {"ap": ap, "ft": None if ft != ft else ft}
