@@ -9,7 +9,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from avalanche_gainlora.branches import LoraBranches
 
 
-class BranchPlugin(SupervisedPlugin):
+class BranchPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds a new LoRA branch before each training experience and trains only that branch.
 
     Without any other plugin this is the ungated sum of per-task branches; subclasses decide how
@@ -43,7 +43,7 @@ class BranchPlugin(SupervisedPlugin):
         self.branches.load_state_dict(state["branches"])
 
 
-class SeqLoRAPlugin(BranchPlugin):
+class SeqLoRAPlugin(BranchPlugin, supports_distributed=True):
     """SeqLoRA: one LoRA branch trained on every task in turn (the forgetting baseline)."""
 
     branch_per_experience = False

@@ -9,6 +9,13 @@ from avalanche.training.plugins import SupervisedPlugin
 
 from avalanche_gpm.settings import ThresholdSpec
 from avalanche_gainlora.branches import LoraBranches
+from avalanche_gainlora.distributed import (
+    DistributedHelper,
+    broadcast_module_,
+    main_process_result,
+    sum_grams_over_ranks,
+    update_on_main_process,
+)
 from avalanche_gainlora.gate_memory import GateMemory, gate_grams
 from avalanche_gainlora.gates import GateBank, TaskGate
 from avalanche_gainlora.plugins.experience_inputs import experience_model_inputs
@@ -19,7 +26,7 @@ from avalanche_gainlora.routing import GateRouter
 GATES_ATTRIBUTE = "gainlora_gates"
 
 
-class GainLoRAPlugin(SupervisedPlugin):
+class GainLoRAPlugin(SupervisedPlugin, supports_distributed=True):
     """GainLoRA (Liang & Li, 2025): every branch is weighted per sample by its task's gate.
 
     Put it *after* the branch plugin of the base method in the strategy's plugin list, e.g.
@@ -34,6 +41,11 @@ class GainLoRAPlugin(SupervisedPlugin):
         ``("down", "up", "key")``, or a callable ``task -> threshold`` such as
         :func:`~avalanche_gainlora.gate_memory.official_threshold`).
     :param batch_size: batch size of the passes that pool the experience's prompts.
+
+    Under DDP (see :mod:`avalanche_gainlora.distributed`) the new gate starts from rank 0's
+    template, each rank pools a shard of the experience, the gate-input Gram matrices are summed
+    over ranks, and rank 0 computes the key and grows the bases for everyone. The update
+    projection in ``after_update`` then acts identically on every rank's identical parameters.
     """
 
     def __init__(
@@ -51,11 +63,17 @@ class GainLoRAPlugin(SupervisedPlugin):
         self.router = GateRouter(branches.model, self.gates, branches.weights)
         self._before_step: dict[str, torch.Tensor] = {}
 
-    def _pooled(self, strategy: Any) -> list[torch.Tensor]:
+    def _pooled(self, strategy: Any, *, shard: bool = False) -> list[torch.Tensor]:
         return [
             self.router.pooled(**inputs)
-            for inputs in experience_model_inputs(strategy, batch_size=self.batch_size)
+            for inputs in experience_model_inputs(strategy, batch_size=self.batch_size, shard=shard)
         ]
+
+    def _gate_grams(self, strategy: Any, gate: TaskGate) -> dict[str, torch.Tensor]:
+        if not DistributedHelper.is_distributed:
+            return gate_grams(gate, self._pooled(strategy))
+        pooled = self._pooled(strategy, shard=True)
+        return sum_grams_over_ranks(gate_grams(gate, pooled) if pooled else None, self.memory.memory.input_dims)
 
     def before_training_exp(self, strategy: Any, *args, **kwargs) -> None:
         if self.branches.num_branches != len(self.gates) + 1:
@@ -70,7 +88,9 @@ class GainLoRAPlugin(SupervisedPlugin):
         else:
             template = self.gates.current
         template.to(strategy.device)
-        key = self.memory.new_key(gate_grams(template, self._pooled(strategy)))
+        broadcast_module_(template)  # a fresh first gate is initialised differently on every rank
+        grams = self._gate_grams(strategy, template)
+        key = main_process_result(lambda: self.memory.new_key(grams))
         self.gates.add(template.successor(key.to(template.key)))
         self.router.attach()
         strategy.make_optimizer()
@@ -82,7 +102,8 @@ class GainLoRAPlugin(SupervisedPlugin):
         self.memory.project_update(self.gates.current, self._before_step)
 
     def after_training_exp(self, strategy: Any, *args, **kwargs) -> None:
-        self.memory.update(gate_grams(self.gates.current, self._pooled(strategy)), task=len(self.gates) - 1)
+        grams = self._gate_grams(strategy, self.gates.current)
+        update_on_main_process(self.memory, lambda: self.memory.update(grams, task=len(self.gates) - 1))
 
     def state_dict(self) -> dict:
         return {"num_gates": len(self.gates), "gates": self.gates.state_dict(), "memory": self.memory.state_dict()}

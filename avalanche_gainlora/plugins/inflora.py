@@ -10,12 +10,18 @@ from avalanche_gpm.memory import GradientProjectionMemory
 from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_thresholds
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.capture import layer_input_grams
+from avalanche_gainlora.distributed import (
+    DistributedHelper,
+    main_process_result,
+    sum_grams_over_ranks,
+    update_on_main_process,
+)
 from avalanche_gainlora.inflora import design_down_projection
 from avalanche_gainlora.plugins.branch_plugin import BranchPlugin
 from avalanche_gainlora.plugins.experience_inputs import experience_model_inputs
 
 
-class InfLoRAPlugin(BranchPlugin):
+class InfLoRAPlugin(BranchPlugin, supports_distributed=True):
     """InfLoRA (Liang & Li, CVPR 2024): each task's down-projection ``A_t`` is designed from the
     task's inputs outside the old input subspace of its layer and frozen; only ``B_t`` is trained.
 
@@ -26,6 +32,10 @@ class InfLoRAPlugin(BranchPlugin):
     :param threshold: energy threshold of the layers' input bases (float, per-layer mapping, or a
         callable ``task -> threshold``, e.g. :func:`~avalanche_gainlora.gate_memory.official_threshold`).
     :param max_samples: samples of each experience used for the statistics (all when ``None``).
+
+    Under DDP (see :mod:`avalanche_gainlora.distributed`) each rank records a shard of those
+    samples, the Gram matrices are summed over ranks, and rank 0 designs ``A_t`` and grows the
+    bases for everyone, so both are identical on every rank.
     """
 
     def __init__(self, branches: LoraBranches, *, threshold: ThresholdSpec = 0.995, max_samples: int | None = None):
@@ -42,8 +52,14 @@ class InfLoRAPlugin(BranchPlugin):
         was_training = model.training
         model.eval()
         try:
-            inputs = experience_model_inputs(strategy, batch_size=1, max_samples=self.max_samples)
-            return layer_input_grams(model, self.branches.layers(), inputs)
+            layers = self.branches.layers()
+            if not DistributedHelper.is_distributed:
+                inputs = experience_model_inputs(strategy, batch_size=1, max_samples=self.max_samples)
+                return layer_input_grams(model, layers, inputs)
+            # This rank's shard (unwrapped model: no collectives), then the sum over ranks.
+            inputs = list(experience_model_inputs(strategy, batch_size=1, max_samples=self.max_samples, shard=True))
+            local = layer_input_grams(model, layers, inputs) if inputs else None
+            return sum_grams_over_ranks(local, {name: layer.in_features for name, layer in layers.items()})
         finally:
             model.train(was_training)
 
@@ -52,15 +68,20 @@ class InfLoRAPlugin(BranchPlugin):
         if self.memory is None:
             self.memory = GradientProjectionMemory({name: layer.in_features for name, layer in layers.items()})
         grams = self._grams(strategy)
+        downs = self.branches.down(index)
+        designed = main_process_result(
+            lambda: {name: design_down_projection(grams[name], self.memory.bases[name], self.branches.rank) for name in downs}
+        )
         with torch.no_grad():
-            for name, down in self.branches.down(index).items():
-                down.copy_(design_down_projection(grams[name], self.memory.bases[name], self.branches.rank))
+            for name, down in downs.items():
+                down.copy_(designed[name])
         self.branches.freeze_all_but(index, train_down=False)
 
     def after_training_exp(self, strategy: Any, *args, **kwargs) -> None:
         task = self.branches.num_branches - 1
         names = list(self.branches.layers())
-        self.memory.update(self._grams(strategy), resolve_thresholds(self.threshold, task, names))
+        grams = self._grams(strategy)
+        update_on_main_process(self.memory, lambda: self.memory.update(grams, resolve_thresholds(self.threshold, task, names)))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "memory": None if self.memory is None else self.memory.state_dict()}

@@ -9,7 +9,7 @@ from avalanche_gainlora.olora import orthogonality_penalty
 from avalanche_gainlora.plugins.branch_plugin import BranchPlugin
 
 
-class OLoRAPlugin(BranchPlugin):
+class OLoRAPlugin(BranchPlugin, supports_distributed=True):
     """O-LoRA (Wang et al., 2023): a trainable branch per task, kept orthogonal to the old ones by
     adding ``lambda1 * sum_{i<t} sum |A_i A_t^T|`` to the loss.
 
