@@ -55,7 +55,7 @@ from experiments.lm_methods import (
 from experiments.lm_models import load_model_and_tokenizer
 from experiments.metrics import ap_ft
 from experiments.provenance import cuda_peak_mib, git_commit, max_rss_mib, package_versions, reset_cuda_peak
-from experiments.runner import _existing_record, _write_atomically
+from experiments.runner import existing_record, write_atomically
 
 ModelFactory = Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
@@ -215,7 +215,7 @@ def run_lm(
         # the architecture from the record rather than building a model just to skip a run.
         recorded = json.loads(path.read_text()).get("config", {}).get("encoder_decoder", False)
         config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data)
-        record = _existing_record(path, config)
+        record = existing_record(path, config)
         if progress:
             tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
         return record
@@ -291,7 +291,7 @@ def run_lm(
         "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomically(path, record)
+    write_atomically(path, record)
     return record
 
 

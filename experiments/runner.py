@@ -97,7 +97,7 @@ def run(
     }
     path = result_path(out_dir, strategy_name, seed)
     if path.exists() and not force:
-        record = _existing_record(path, config)
+        record = existing_record(path, config)
         if progress:
             tqdm.write(f"{strategy_name} seed {seed}: {path} exists, skipped (force to rerun)")
         return record
@@ -141,7 +141,7 @@ def run(
         "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomically(path, record)
+    write_atomically(path, record)
     return record
 
 
@@ -206,7 +206,8 @@ def _train_and_evaluate(
     return matrix, time.perf_counter() - start, train_time
 
 
-def _existing_record(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def existing_record(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The record at ``path``, which must have been made with ``config`` (else a ValueError says how to rerun)."""
     record = json.loads(path.read_text())
     # Compare in JSON form: tuples in the preset are lists in the file.
     if record["config"] != json.loads(json.dumps(config)):
@@ -217,7 +218,8 @@ def _existing_record(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _write_atomically(path: Path, record: dict[str, Any]) -> None:
+def write_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write a run record as JSON through a temporary file, creating the folder if needed."""
     # An interrupted write must not leave a truncated record that later sweeps would skip.
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
