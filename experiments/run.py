@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
+from avalanche_gpm.distributed import DistributedHelper, shutdown_distributed
 from experiments.benchmarks import BENCHMARKS, get_benchmark
 from experiments.report import write_report
 from experiments.runner import run
@@ -73,6 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=_positive, help="override the preset's epochs per task")
     parser.add_argument("--tasks", type=_positive, help="use only the first N tasks (smoke runs)")
     parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train with torch DDP over the processes of a torchrun launch (the global batch is split "
+        "over them; naive, gpm, sgp, replay), e.g. torchrun --nproc_per_node=2 -m experiments.run --distributed ...",
+    )
     args = parser.parse_args(argv)
     args.seeds = [seed for group in args.seeds for seed in group]
     if not args.strategies or not args.seeds:
@@ -87,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     :param argv: arguments (default ``sys.argv[1:]``).
     """
     args = parse_args(argv)
+    if args.distributed:
+        cuda = args.device.startswith("cuda")
+        if not DistributedHelper.init_distributed(args.seeds[0], backend="nccl" if cuda else "gloo", use_cuda=cuda):
+            raise SystemExit("--distributed needs a torchrun launch (LOCAL_RANK is not set)")
     hyperparams = get_benchmark(args.benchmark).defaults
     if args.epochs is not None:
         hyperparams = hyperparams.replace(epochs=args.epochs)
@@ -104,8 +115,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 device=args.device,
                 force=args.force,
             )
-    print(write_report(args.out))
-    print(f"Records, summary.md, summary.csv and figures are in {args.out}")
+    if DistributedHelper.is_main_process:
+        print(write_report(args.out))
+        print(f"Records, summary.md, summary.csv and figures are in {args.out}")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

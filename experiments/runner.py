@@ -24,6 +24,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
+from avalanche_gpm.distributed import DistributedHelper, distributed_accuracy_row, unwrap_from_ddp, wrap_for_ddp
 from experiments.benchmarks import get_benchmark
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
@@ -31,6 +32,12 @@ from experiments.metrics import acc_bwt
 from experiments.plugins import ValidationLRSchedule
 from experiments.provenance import cuda_peak_mib, git_commit, max_rss_mib, package_versions, reset_cuda_peak
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
+
+
+#: Strategies whose plugins keep every rank identical under DDP (A-GEM's and EWC's would compute
+#: their reference gradients / importances from each rank's own samples, JointTraining has no
+#: per-experience sharding).
+DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("naive", "gpm", "sgp", "replay")
 
 
 def result_path(out_dir: str | os.PathLike, strategy_name: str, seed: int) -> Path:
@@ -95,6 +102,10 @@ def run(
         "num_tasks": num_tasks,
         "hyperparams": hyperparams.to_dict(strategy_name),
     }
+    world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
+    if world_size > 1:
+        _check_distributed(strategy_name, hyperparams, world_size)
+        config["world_size"] = world_size  # batch_size stays the global batch
     path = result_path(out_dir, strategy_name, seed)
     if path.exists() and not force:
         record = existing_record(path, config)
@@ -114,17 +125,20 @@ def run(
     strategy = build_strategy(
         strategy_name,
         model=spec.model(),
-        hyperparams=hyperparams,
+        # Under DDP each rank takes its share of the global batch.
+        hyperparams=hyperparams.replace(batch_size=hyperparams.batch_size // world_size),
         evaluator=quiet_evaluator(),
         device=torch_device,
         plugins=_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)),
     )
+    wrap_for_ddp(strategy)
 
     reset_cuda_peak(torch_device)
     joint = isinstance(strategy, JointTraining)
     matrix, wall_time, train_time = _train_and_evaluate(
         strategy, train_stream, test_stream, f"{strategy_name} seed {seed}", progress, joint
     )
+    unwrap_from_ddp(strategy)
     # A joint run has only the final row: ACC is its mean, and BWT (forgetting) is undefined.
     acc, bwt = (sum(matrix[0]) / len(matrix[0]), None) if joint else acc_bwt(matrix)
     gpm = getattr(strategy, "gpm", None)
@@ -141,7 +155,8 @@ def run(
         "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_atomically(path, record)
+    if DistributedHelper.is_main_process:
+        write_atomically(path, record)
     return record
 
 
@@ -177,6 +192,21 @@ def _schedule_plugins(
     ]
 
 
+def _check_distributed(strategy_name: str, hyperparams: Hyperparams, world_size: int) -> None:
+    if strategy_name not in DISTRIBUTED_STRATEGIES:
+        raise ValueError(
+            f"strategy {strategy_name!r} cannot run on several processes (its plugin would differ between "
+            f"ranks); distributed runs support {', '.join(DISTRIBUTED_STRATEGIES)}"
+        )
+    if hyperparams.batch_size % world_size:
+        raise ValueError(
+            f"the global batch {hyperparams.batch_size} does not split over {world_size} processes; "
+            "launch a number of processes that divides it"
+        )
+    if hyperparams.lr_schedule is not None:
+        raise ValueError("the validation learning-rate schedule is not supported on several processes yet")
+
+
 def _train_and_evaluate(
     strategy: SupervisedTemplate,
     train_stream: CLStream,
@@ -200,7 +230,12 @@ def _train_and_evaluate(
         train_start = time.perf_counter()
         strategy.train(step)
         train_time += time.perf_counter() - train_start
-        matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream)))
+        if DistributedHelper.is_distributed:
+            # Avalanche's evaluation reports each rank's shard: reduce over the whole test set instead.
+            batch_size = strategy.eval_mb_size
+            matrix.append(distributed_accuracy_row(strategy.model, test_stream, batch_size=batch_size, device=strategy.device))
+        else:
+            matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream)))
         seen = matrix[-1] if joint else matrix[-1][: len(matrix)]
         bar.set_postfix(acc_seen=f"{sum(seen) / len(seen):.3f}")
     return matrix, time.perf_counter() - start, train_time

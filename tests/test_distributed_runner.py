@@ -1,0 +1,48 @@
+"""The comparative runner's ``--distributed`` flag: a 2-process torchrun launch on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.hyperparams import Hyperparams
+from experiments.runner import _check_distributed
+
+ROOT = Path(__file__).parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_runner_trains_gpm_on_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "experiments.run", "--distributed", "--benchmark", "permuted_digits",
+        "--strategies", "gpm", "--tasks", "2", "--epochs", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    record = json.loads((tmp_path / "gpm_seed0.json").read_text())
+    assert record["config"]["world_size"] == 2
+    matrix = record["accuracy_matrix"]
+    assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
+    assert min(matrix[0][0], matrix[1][1]) > 0.25  # both tasks learned (10 classes: chance is 0.1)
+    assert (tmp_path / "summary.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "batch", "message"), [("agem", 10, "cannot run on several"), ("gpm", 9, "does not split")]
+)
+def test_distributed_runs_refuse_what_they_cannot_do(strategy, batch, message):
+    with pytest.raises(ValueError, match=message):
+        _check_distributed(strategy, Hyperparams(lr=0.1, batch_size=batch, epochs=1), world_size=2)
