@@ -1,0 +1,1 @@
+"""Cost measurements run on demand (not part of the test suite): see each module's docstring."""
