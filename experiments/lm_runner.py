@@ -54,7 +54,7 @@ from experiments.lm_methods import (
 )
 from experiments.lm_models import load_model_and_tokenizer
 from experiments.metrics import ap_ft
-from experiments.provenance import cuda_peak_mib, git_commit, max_rss_mib, package_versions, reset_cuda_peak
+from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
 from experiments.runner import existing_record, write_atomically
 
 ModelFactory = Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
@@ -220,7 +220,7 @@ def run_lm(
             tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
         return record
 
-    commit = git_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
+    commit = process_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
     model, tokenizer = model_factory()
     torch_device = torch.device(device)
     model.to(torch_device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import platform
 import resource
 import subprocess
@@ -51,6 +53,16 @@ def git_commit(code_dirs: Sequence[str] = _CODE_DIRS) -> str | None:
         return None
     changes = _git("status", "--porcelain", "--untracked-files=no", "--", *code_dirs)
     return f"{head}+dirty" if changes else head
+
+
+@functools.cache
+def process_commit(code_dirs: Sequence[str] = _CODE_DIRS) -> str | None:
+    """:func:`git_commit` read once per process, at the first call (after the code was imported).
+
+    A sweep runs many records in one process; reading the checkout again before each would name
+    commits made while the sweep ran, not the code it runs.
+    """
+    return git_commit(tuple(code_dirs))
 
 
 def max_rss_mib() -> float:

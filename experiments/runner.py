@@ -30,7 +30,7 @@ from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
 from experiments.plugins import ValidationLRSchedule
-from experiments.provenance import cuda_peak_mib, git_commit, max_rss_mib, package_versions, reset_cuda_peak
+from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
 
@@ -113,7 +113,7 @@ def run(
             tqdm.write(f"{strategy_name} seed {seed}: {path} exists, skipped (force to rerun)")
         return record
 
-    commit = git_commit()  # the code that runs, even if the checkout moves on during a long run
+    commit = process_commit()  # the code that runs, even if the checkout moves on during a long run
     RNGManager.set_random_seeds(seed)
     benchmark = spec.build(seed, data_root, download)
     train_stream, test_stream = benchmark.train_stream, benchmark.test_stream

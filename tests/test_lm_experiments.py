@@ -59,7 +59,7 @@ def tiny_factory(make=tiny_llama):
 @pytest.fixture(autouse=True)
 def _no_git(monkeypatch):
     # The commit lookup shells out to git; the records only need a value.
-    monkeypatch.setattr(lm_runner, "git_commit", lambda *args: "test-commit")
+    monkeypatch.setattr(lm_runner, "process_commit", lambda *args: "test-commit")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_sweep")
     records = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lm_runner, "git_commit", lambda *args: "test-commit")
+        patch.setattr(lm_runner, "process_commit", lambda *args: "test-commit")
         for method in METHODS:
             records[method] = run_lm(
                 method,
