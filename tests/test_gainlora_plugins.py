@@ -14,9 +14,9 @@ from avalanche.training.plugins import EWCPlugin, SupervisedPlugin
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.data import InstructionExample
 from avalanche_gainlora.plugins import GainLoRAPlugin, InfLoRAPlugin, OLoRAPlugin, SeqLoRAPlugin
-from tests.lm_fixtures import lm_benchmark, lm_evaluator, lm_strategy, lm_tasks, score_matrix, tiny_llama, tiny_t5
+from tests.lm_fixtures import lm_benchmark, lm_evaluator, lm_strategy, lm_tasks, score_matrix, tiny_gpt2, tiny_llama, tiny_t5
 
-MODELS = {"llama": tiny_llama, "t5": tiny_t5}
+MODELS = {"llama": tiny_llama, "t5": tiny_t5, "gpt2": tiny_gpt2}
 
 
 def _all_inputs(experience) -> dict[str, torch.Tensor]:
