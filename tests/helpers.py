@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 from avalanche.benchmarks import tensors_benchmark
 
 from experiments.evaluation import accuracy_row, quiet_evaluator
 
-__all__ = ["accuracy_row", "experience_inputs", "gaussian_tasks", "quiet_evaluator"]
+__all__ = ["accuracy_row", "experience_inputs", "free_port", "gaussian_tasks", "quiet_evaluator"]
 
 
 def gaussian_tasks(
@@ -39,3 +41,10 @@ def experience_inputs(experience) -> torch.Tensor:
     """All inputs of an experience's dataset, stacked in dataset order."""
     dataset = experience.dataset.eval()
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a test's process group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

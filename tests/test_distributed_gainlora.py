@@ -13,7 +13,6 @@ the model is built. ~15-25 s.
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 
 import pytest
@@ -23,14 +22,10 @@ import torch.multiprocessing
 pytest.importorskip("accelerate")
 
 from tests import distributed_gainlora_worker as worker  # noqa: E402
+from tests.helpers import free_port
 
 WORLD_SIZE = 2
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_entry(index: int, port: int, out: str) -> None:
@@ -52,7 +47,7 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("gainlora_ddp")
     # An exception, or a non-zero exit (e.g. SIGABRT at exit), in either process raises here.
     torch.multiprocessing.start_processes(
-        _rank_entry, args=(_free_port(), str(out)), nprocs=WORLD_SIZE, start_method="fork"
+        _rank_entry, args=(free_port(), str(out)), nprocs=WORLD_SIZE, start_method="fork"
     )
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 

@@ -8,13 +8,13 @@ almost all of it importing Avalanche.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import free_port
 
 WORKER = Path(__file__).with_name("distributed_gpm_worker.py")
 ROOT = WORKER.parent.parent
@@ -24,11 +24,6 @@ ACCURACY_TOLERANCE = 0.05
 NUM_EXPERIENCES = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -37,7 +32,7 @@ def runs(tmp_path_factory):
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)  # the single-process run must not think it is distributed
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]  # sets RANK, LOCAL_RANK, WORLD_SIZE
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # sets RANK, LOCAL_RANK, WORLD_SIZE
     procs = [
         subprocess.Popen([*torchrun, str(WORKER), str(two)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),

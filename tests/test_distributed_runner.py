@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,21 +12,17 @@ import pytest
 
 from experiments.hyperparams import Hyperparams
 from experiments.runner import _check_distributed
+from tests.helpers import free_port
 
 ROOT = Path(__file__).parent.parent
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_runner_trains_gpm_on_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "experiments.run", "--distributed", "--benchmark", "permuted_digits",
+        f"--master_port={free_port()}", "-m", "experiments.run", "--distributed", "--benchmark", "permuted_digits",
         "--strategies", "gpm", "--tasks", "2", "--epochs", "1", "--out", str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
