@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from avalanche_gpm.projection import ProjectionForm, SubspaceProjector, projection_flops
+from avalanche_gpm.projection import ProjectionForm, SubspaceProjector
 from avalanche_gpm.step_recorder import StepRecord
 from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, basis_strengths, grow_basis, scaled_importance
 
@@ -29,20 +29,38 @@ class LayerMemoryUsage:
         return self.basis_size / self.input_dim
 
 
+def _parameters(layer: nn.Module) -> list[nn.Parameter]:
+    return [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+
+
+def has_gradient(layer: nn.Module) -> bool:
+    """Whether autograd left a gradient on any of the layer's parameters."""
+    return any(param.grad is not None for param in _parameters(layer))
+
+
 def gradient_matrix(layer: nn.Module) -> Tensor:
-    """The layer's gradient as an ``(out, input_dim)`` matrix (bias gradient as the last column)."""
-    grad = layer.weight.grad.reshape(layer.weight.shape[0], -1)
+    """The layer's gradient as an ``(out, input_dim)`` matrix (bias gradient as the last column).
+
+    A parameter without a gradient (a loss term that touched only the weight) counts as zeros.
+    """
+    grads = [torch.zeros_like(param) if param.grad is None else param.grad for param in _parameters(layer)]
+    grad = grads[0].reshape(layer.weight.shape[0], -1)
     if layer.bias is None:
         return grad
-    return torch.cat([grad, layer.bias.grad.unsqueeze(1)], dim=1)
+    return torch.cat([grad, grads[1].unsqueeze(1)], dim=1)
 
 
 def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
-    """Write an ``(out, input_dim)`` matrix back into the layer's ``.grad`` fields."""
+    """Write an ``(out, input_dim)`` matrix into the layer's ``.grad`` fields (created if missing)."""
     weight_columns = layer.weight[0].numel()
-    layer.weight.grad.copy_(matrix[:, :weight_columns].reshape(layer.weight.shape))
+    parts = [(layer.weight, matrix[:, :weight_columns].reshape(layer.weight.shape))]
     if layer.bias is not None:
-        layer.bias.grad.copy_(matrix[:, weight_columns])
+        parts.append((layer.bias, matrix[:, weight_columns]))
+    for param, grad in parts:
+        if param.grad is None:
+            param.grad = grad.contiguous()
+        else:
+            param.grad.copy_(grad)
 
 
 def check_memory_options(first_task_rule: str, sgp_alpha: float | None) -> None:
@@ -137,38 +155,40 @@ class GradientProjectionMemory:
             )
         return self._projectors[name]
 
+    def projects_inputs(self, name: str, rows: int, out_dim: int) -> bool:
+        """Whether a call of layer ``name`` on ``rows`` input rows is cheaper projected on the input side.
+
+        Every projection form costs in proportion to the number of rows it projects, so projecting
+        the call's inputs beats projecting the ``out_dim``-row gradient when ``rows < out_dim``.
+        """
+        basis = self.bases[name]
+        return basis is not None and basis.shape[1] > 0 and rows < out_dim
+
     @torch.no_grad()
     def project_gradients(self, layers: Mapping[str, nn.Module], steps: Mapping[str, StepRecord] | None = None) -> None:
         """Remove the protected component from the gradient of every layer, in place.
 
         :param layers: the protected layers by name.
-        :param steps: what linear layers saw in this step (see :mod:`avalanche_gpm.step_recorder`);
-            where projecting the inputs is cheaper than projecting the gradient, and the gradient is
-            exactly ``delta^T X`` (no other loss term touched the weights), the inputs are projected.
+        :param steps: the calls of linear layers whose weight gradients a
+            :class:`~avalanche_gpm.step_recorder.StepRecorder` took over in this step; their part of
+            the gradient is ``delta^T (X P)``, computed here from the projected inputs, and what
+            autograd left in ``.grad`` (other calls, other loss terms) is projected as a gradient.
         """
         for name, layer in layers.items():
             basis = self.bases[name]
-            if basis is None or basis.shape[1] == 0 or layer.weight.grad is None:
+            if basis is None or basis.shape[1] == 0:
                 continue
-            projector, grad = self._projector(name, layer), gradient_matrix(layer)
-            step = (steps or {}).get(name)
-            if step is not None and step.complete and self._inputs_are_cheaper(projector, grad.shape, step.rows):
-                delta, inputs = torch.cat(step.output_grads), torch.cat(step.inputs)
-                if _is_exactly(grad, delta.T @ inputs):
-                    set_gradient_matrix(layer, delta.T @ projector(inputs))
-                    self.last_paths[name] = "inputs"
-                    continue
-            set_gradient_matrix(layer, projector(grad))
-            self.last_paths[name] = "gradient"
-
-    @staticmethod
-    def _inputs_are_cheaper(projector: SubspaceProjector, grad_shape: torch.Size, rows: int) -> bool:
-        out_dim, in_dim = grad_shape
-        rank = projector.rank
-        by_gradient = projection_flops(projector.form, out_dim, in_dim, rank)
-        # projecting the rows, plus two products delta^T X (the check and the projected gradient)
-        by_inputs = projection_flops(projector.form, rows, in_dim, rank) + 4 * rows * out_dim * in_dim
-        return by_inputs < by_gradient
+            projector = self._projector(name, layer)
+            projected = projector(gradient_matrix(layer)) if has_gradient(layer) else None
+            taken = (steps or {}).get(name)
+            pairs = None if taken is None else taken.pairs()
+            if pairs is not None:
+                delta, inputs = pairs
+                own = delta.T @ projector(inputs)
+                projected = own if projected is None else projected.add_(own)
+            if projected is not None:
+                set_gradient_matrix(layer, projected)
+                self.last_paths[name] = "gradient" if pairs is None else "inputs"
 
     def state_dict(self) -> dict:
         return {
@@ -199,8 +219,3 @@ class GradientProjectionMemory:
         self.importances = {name: None if imp is None else imp.clone() for name, imp in state["importances"].items()}
         self.first_task_rule = state["first_task_rule"]
         self._projectors.clear()
-
-
-def _is_exactly(grad: Tensor, direct: Tensor) -> bool:
-    """Whether ``grad`` is ``direct`` up to float round-off (and holds no other loss terms)."""
-    return bool((grad - direct).abs().max() <= 1e-5 * grad.abs().max() + 1e-12)

@@ -112,7 +112,7 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
                 self._steps.remove()
             linear = {name: m for name, m in self._selection.protected.items() if isinstance(m, nn.Linear)}
             # Under DDP the hooks would see this rank's unreduced inputs, never the averaged gradient.
-            self._steps = None if DistributedHelper.is_distributed else StepRecorder(linear)
+            self._steps = None if DistributedHelper.is_distributed else StepRecorder(linear, self._takes_over)
 
     def before_forward(self, strategy, **kwargs):
         if self._steps is not None:
@@ -127,6 +127,9 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         for norm in self._selection.norms.values():
             for param in norm.parameters(recurse=False):
                 param.grad = None
+
+    def _takes_over(self, name: str, rows: int) -> bool:
+        return self.memory.projects_inputs(name, rows, self._selection.protected[name].weight.shape[0])
 
     def after_training_exp(self, strategy, **kwargs):
         if self._steps is not None:

@@ -102,7 +102,7 @@ def measure(case: Case, fill: float, *, rounds: int, steps: int, seed: int = 0) 
     y = torch.randint(0, case.classes, (case.batch,))
     memory, layers = filled_memory(model, fill, torch.Generator().manual_seed(seed))
     linear = {name: layer for name, layer in layers.items() if isinstance(layer, nn.Linear)}
-    recorder = StepRecorder(linear)
+    recorder = StepRecorder(linear, lambda name, rows: memory.projects_inputs(name, rows, linear[name].weight.shape[0]))
     gpm = (memory, layers, recorder)
     time_steps(model, optimizer, x, y, 2, None), time_steps(model, optimizer, x, y, 2, gpm)  # warm-up
     naive, projected = [], []

@@ -1,4 +1,4 @@
-"""Projecting a linear layer's inputs instead of its gradient: same result, cheaper, safe fallback."""
+"""Projecting a linear layer's inputs instead of its gradient: same result, cheaper, safe with other terms."""
 
 import pytest
 import torch
@@ -22,6 +22,10 @@ def filled_memory(model: nn.Sequential, sgp_alpha=None) -> GradientProjectionMem
     return memory, layers
 
 
+def recorder_for(memory: GradientProjectionMemory, layers: dict) -> StepRecorder:
+    return StepRecorder(layers, lambda name, rows: memory.projects_inputs(name, rows, layers[name].weight.shape[0]))
+
+
 def one_step(model, x, y, extra_penalty: float = 0.0):
     model.zero_grad()
     loss = nn.functional.cross_entropy(model(x), y) + extra_penalty * model[0].weight.pow(2).sum()
@@ -40,7 +44,7 @@ def test_input_side_projection_equals_gradient_projection(sgp_alpha):
     for name, layer in layers.items():
         expected[name] = memory._projector(name, layer)(gradient_matrix(layer)).clone()
 
-    recorder = StepRecorder(layers)
+    recorder = recorder_for(memory, layers)
     recorder.start_step()
     one_step(model, x, y)
     memory.project_gradients(layers, recorder.records)
@@ -50,18 +54,19 @@ def test_input_side_projection_equals_gradient_projection(sgp_alpha):
         assert torch.allclose(gradient_matrix(layer), expected[name], atol=1e-6), name
 
 
-def test_other_loss_terms_on_the_weights_fall_back_to_the_gradient():
+def test_other_loss_terms_on_the_weights_are_projected_too():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(60, 300), nn.ReLU(), nn.Linear(300, 40), nn.ReLU(), nn.Linear(40, 3))
     x, y = torch.randn(4, 60), torch.randint(0, 3, (4,))
     memory, layers = filled_memory(model)
     one_step(model, x, y, extra_penalty=0.1)  # e.g. a regulariser: the gradient is not delta^T X
     expected = memory._projector("0", model[0])(gradient_matrix(model[0])).clone()
-    recorder = StepRecorder(layers)
+    recorder = recorder_for(memory, layers)
     recorder.start_step()
     one_step(model, x, y, extra_penalty=0.1)
+    assert model[0].weight.grad is not None  # the penalty's part, left by autograd
     memory.project_gradients(layers, recorder.records)
-    assert memory.last_paths["0"] == "gradient"
+    assert memory.last_paths["0"] == "inputs"
     assert torch.allclose(gradient_matrix(model[0]), expected, atol=1e-6)
 
 
@@ -75,7 +80,7 @@ def test_a_layer_used_twice_in_a_step_pairs_inputs_with_their_gradients():
     (shared(a).sum() + 3 * shared(b).pow(2).sum()).backward()
     expected = memory._projector("shared", shared)(gradient_matrix(shared)).clone()
     shared.zero_grad()
-    recorder = StepRecorder({"shared": shared})
+    recorder = recorder_for(memory, {"shared": shared})
     recorder.start_step()
     (shared(a).sum() + 3 * shared(b).pow(2).sum()).backward()
     memory.project_gradients({"shared": shared}, recorder.records)
@@ -96,11 +101,56 @@ def test_gpm_training_uses_input_side_projection_and_removes_its_hooks():
 
 def test_passes_outside_a_training_step_are_not_recorded():
     layer = nn.Linear(4, 8)
-    recorder = StepRecorder({"fc": layer})
+    recorder = StepRecorder({"fc": layer}, lambda name, rows: True)
     layer(torch.randn(3, 4)).sum().backward()  # e.g. another plugin's importance pass
-    assert recorder.records["fc"].inputs == []
+    assert recorder.records["fc"].inputs == [] and layer.weight.grad is not None
+    layer.zero_grad(set_to_none=True)
     recorder.start_step()
     layer(torch.randn(3, 4)).sum().backward()
-    assert recorder.records["fc"].complete and recorder.records["fc"].rows == 3
+    delta, inputs = recorder.records["fc"].pairs()
+    assert inputs.shape == (3, 5) and delta.shape == (3, 8)
+    assert layer.weight.grad is None  # taken over: autograd did not compute it
     recorder.finish_step()
     assert recorder.records["fc"].inputs == [] and not recorder.armed
+
+
+def test_first_layer_on_data_with_an_in_place_activation_after_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 50, bias=False), nn.ReLU(inplace=True), nn.Linear(50, 3, bias=False))
+    x, y = torch.randn(4, 20), torch.randint(0, 3, (4,))  # the data does not require grad
+    memory = GradientProjectionMemory({"0": 20})
+    r = torch.randn(20, 6, dtype=torch.float64)
+    memory.update({"0": r @ r.T}, {"0": 0.9})
+    layers = {"0": model[0]}
+    one_step(model, x, y)
+    expected = memory._projector("0", model[0])(gradient_matrix(model[0])).clone()
+    model.zero_grad(set_to_none=True)
+    recorder = recorder_for(memory, layers)
+    recorder.start_step()
+    one_step(model, x, y)
+    memory.project_gradients(layers, recorder.records)
+    assert memory.last_paths["0"] == "inputs"
+    assert torch.allclose(model[0].weight.grad, expected, atol=1e-6)
+
+
+def test_calls_with_more_rows_than_outputs_stay_with_autograd():
+    layer = nn.Linear(10, 4)
+    memory = GradientProjectionMemory({"fc": 11})
+    r = torch.randn(11, 5, dtype=torch.float64)
+    memory.update({"fc": r @ r.T}, {"fc": 0.9})
+    recorder = recorder_for(memory, {"fc": layer})
+    recorder.start_step()
+    layer(torch.randn(6, 10)).sum().backward()  # 6 rows > 4 outputs: projecting the gradient is cheaper
+    assert recorder.records["fc"].inputs == [] and layer.weight.grad is not None
+    memory.project_gradients({"fc": layer}, recorder.records)
+    assert memory.last_paths["fc"] == "gradient"
+
+
+def test_a_call_that_raises_leaves_the_parameters_trainable():
+    layer = nn.Linear(4, 8)
+    recorder = StepRecorder({"fc": layer}, lambda name, rows: True)
+    recorder.start_step()
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(3, 5))  # wrong input width
+    recorder.finish_step()
+    assert layer.weight.requires_grad and layer.bias.requires_grad
