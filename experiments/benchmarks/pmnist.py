@@ -73,7 +73,7 @@ def pixel_permutations(num_tasks: int, seed: int = 0) -> list[Tensor]:
     return [torch.randperm(NUM_FEATURES, generator=generator) for _ in range(num_tasks)]
 
 
-def pmnist(
+def pmnist_tasks(
     data_root: str | Path,
     num_tasks: int = 10,
     seed: int = 0,
@@ -83,8 +83,8 @@ def pmnist(
     val_size_per_task: int | None = None,
     test_size_per_task: int | None = None,
     download: bool = False,
-) -> ImageBenchmark:
-    """Build Permuted MNIST.
+) -> list[TaskSplits]:
+    """The tensors of Permuted MNIST, task by task (what :func:`pmnist` wraps into a benchmark).
 
     Every task holds its own permuted float32 copy of the data, because ``tensors_benchmark`` applies
     one transform to every experience and so cannot permute lazily per task. At full size that is
@@ -99,7 +99,7 @@ def pmnist(
     :param val_size_per_task: optional cap on the validation samples of each task.
     :param test_size_per_task: optional cap on the test samples of each task.
     :param download: let torchvision download MNIST when it is missing.
-    :return: the benchmark (inputs ``(N, 784)``, labels 0..9, task label 0) and its validation tensors.
+    :return: train, validation and test tensors of every task (inputs ``(N, 784)``, labels 0..9).
     """
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be at least 1, got {num_tasks!r}")
@@ -120,5 +120,32 @@ def pmnist(
         (normalise(x, mean, std).flatten(1), y)
         for x, y in (subsample(split, cap, generator) for split, cap in zip(splits, caps))
     ]
-    tasks = [TaskSplits(*((x[:, perm], y) for x, y in flat)) for perm in pixel_permutations(num_tasks, seed)]
+    return [TaskSplits(*((x[:, perm], y) for x, y in flat)) for perm in pixel_permutations(num_tasks, seed)]
+
+
+def pmnist(
+    data_root: str | Path,
+    num_tasks: int = 10,
+    seed: int = 0,
+    *,
+    val_fraction: float = 0.1,
+    train_size_per_task: int | None = None,
+    val_size_per_task: int | None = None,
+    test_size_per_task: int | None = None,
+    download: bool = False,
+) -> ImageBenchmark:
+    """Build Permuted MNIST; the arguments are those of :func:`pmnist_tasks`.
+
+    :return: the benchmark (inputs ``(N, 784)``, labels 0..9, task label 0) and its validation tensors.
+    """
+    tasks = pmnist_tasks(
+        data_root,
+        num_tasks,
+        seed,
+        val_fraction=val_fraction,
+        train_size_per_task=train_size_per_task,
+        val_size_per_task=val_size_per_task,
+        test_size_per_task=test_size_per_task,
+        download=download,
+    )
     return make_benchmark(tasks, [0] * num_tasks)
