@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import torch
+from avalanche.distributed import DistributedHelper
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricResult, MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 from avalanche.evaluation.metrics import Mean
 
 from avalanche_gainlora import scoring
+from avalanche_gpm.distributed import all_reduce_sum
 from avalanche_gainlora.data import decode_references
 
 if TYPE_CHECKING:
@@ -31,6 +34,11 @@ class GenerationScores(PluginMetric[dict[str, float]]):
     ``Name_Exp/eval_phase/<stream>/TaskNNN/ExpNNN`` after each experience and
     ``Name_Stream/eval_phase/<stream>/TaskNNN`` (mean over all examples of the stream) after
     the stream, with Avalanche's usual naming.
+
+    On several processes each rank scores its shard of the evaluated data, and the emitted means
+    are over the examples of all ranks (sums and counts are added up across ranks), so they equal
+    a single-process evaluation when the shards cover every example once, as the strategy's
+    evaluation loader ensures.
     """
 
     def __init__(self, scorers: Mapping[str, Score], *, experience: bool = True, stream: bool = True):
@@ -85,7 +93,7 @@ class GenerationScores(PluginMetric[dict[str, float]]):
             MetricValue(
                 self,
                 get_metric_name(f"{name}_{suffix}", strategy, add_experience=suffix == "Exp"),
-                mean.result(),
+                _mean_over_ranks(mean),
                 strategy.clock.train_iterations,
             )
             for name, mean in means.items()
@@ -93,6 +101,14 @@ class GenerationScores(PluginMetric[dict[str, float]]):
 
     def __str__(self) -> str:
         return "GenerationScores"
+
+
+def _mean_over_ranks(mean: Mean) -> float:
+    """The mean over every rank's examples (this process's own when not distributed)."""
+    if not DistributedHelper.is_distributed:
+        return mean.result()
+    summed, weight = all_reduce_sum(torch.tensor([mean.summed, mean.weight], dtype=torch.float64)).tolist()
+    return summed / weight if weight else 0.0
 
 
 def generation_metrics(

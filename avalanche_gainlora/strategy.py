@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from avalanche.benchmarks.utils.data_loader import TaskBalancedDataLoader
+from avalanche.distributed import DistributedHelper
 from avalanche.evaluation.metrics import loss_metrics
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
@@ -14,6 +15,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
@@ -121,7 +123,8 @@ class LanguageModelStrategy(SupervisedTemplate):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-        model.register_forward_pre_hook(_batch_as_keywords, with_kwargs=True, prepend=True)
+        if _batch_as_keywords not in model._forward_pre_hooks.values():  # a model reused by several strategies
+            model.register_forward_pre_hook(_batch_as_keywords, with_kwargs=True, prepend=True)
 
     def forward(self) -> ModelOutput:
         """The model output on the current mini-batch, loss included."""
@@ -185,6 +188,38 @@ class LanguageModelStrategy(SupervisedTemplate):
             drop_last=drop_last,
         )
         self.dataloader = TaskBalancedDataLoader(self.adapted_dataset, oversample_small_groups=True, **loader_args)
+
+    def make_eval_dataloader(
+        self,
+        num_workers: int = 0,
+        shuffle: bool = False,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Evaluation loader; on several processes, rank ``r`` takes examples ``r, r + world_size, ...``.
+
+        Avalanche's evaluation loader pads every rank's shard to the same length with repeated
+        examples (``DistributedSampler``), which would count those twice; this shard has no padding,
+        so the generation metrics, summed over ranks, score every example exactly once.
+
+        :param num_workers: number of data loading workers.
+        :param shuffle: shuffle the examples.
+        :param pin_memory: pin memory (default: when evaluating on CUDA).
+        :param persistent_workers: keep workers between experiences.
+        :param kwargs: further arguments of ``eval``, ignored.
+        """
+        dataset = self.adapted_dataset
+        if DistributedHelper.is_distributed:
+            dataset = dataset.subset(range(DistributedHelper.rank, len(dataset), DistributedHelper.world_size))
+        loader_args = self._obtain_common_dataloader_parameters(
+            batch_size=self.eval_mb_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        self.dataloader = DataLoader(dataset, collate_fn=dataset.collate_fn, **loader_args)
 
     def train_dataset_adaptation(self, **kwargs: Any) -> None:
         """Set ``adapted_dataset`` and check that it fits the model."""

@@ -13,9 +13,11 @@ again (``--force`` reruns). The model is loaded once and copied for each run.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
+from avalanche_gainlora.distributed import DistributedHelper, setup_distributed, shutdown_distributed
 from experiments.instruction import load_tasks, resolve_order
 from experiments.lm_methods import METHODS, MethodOptions, parse_methods
 from experiments.lm_models import ALIASES, CachedModelLoader
@@ -137,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     runs.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
     runs.add_argument("--verbose", action="store_true", help="Avalanche's per-epoch progress and metrics too")
+    runs.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train with DDP over the processes of a torchrun launch (the global batch is split over them, "
+        "the test prompts too), e.g. torchrun --nproc_per_node=2 -m experiments.lm_run --distributed ...",
+    )
 
     train = parser.add_argument_group("training and evaluation")
     _protocol_option(train, "--epochs", _positive, "epochs per task")
@@ -220,6 +228,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     :param argv: arguments (default ``sys.argv[1:]``).
     """
     args = parse_args(argv)
+    if args.distributed:
+        if setup_distributed(args.seeds[0], cpu=not args.device.startswith("cuda")) == 1:
+            raise SystemExit("--distributed needs a launch with several processes, e.g. torchrun --nproc_per_node=2")
+        if args.device == "cuda":  # one GPU per process
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     tasks = load_tasks(
         args.benchmark,
         args.task_names,
@@ -252,10 +265,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 data=data,
                 device=args.device,
                 force=args.force,
+                progress=DistributedHelper.is_main_process,
                 verbose=args.verbose,
             )
-    print(write_lm_report(args.out))
-    print(f"Records, summary.md, summary.csv and figures are in {args.out}")
+    if DistributedHelper.is_main_process:
+        print(write_lm_report(args.out))
+        print(f"Records, summary.md, summary.csv and figures are in {args.out}")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ last task.
 
 Records are named ``<method>_seed<seed>.json``; a run whose record exists with the same
 configuration is skipped (and its record returned), as in :mod:`experiments.runner`.
+
+Under ``torchrun`` (after :func:`~avalanche_gainlora.distributed.setup_distributed`) a run trains
+with DDP: the global batch is split over the ranks, the model is re-wrapped at every task by
+:class:`~avalanche_gainlora.distributed.DistributedLoRAPlugin`, the ranks generate answers for
+disjoint shards of the test prompts and the scores are summed over ranks; rank 0 writes the record.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.data import instruction_benchmark
+from avalanche_gainlora.distributed import DistributedHelper, DistributedLoRAPlugin
 from avalanche_gainlora.generation_metrics import generation_metrics
 from avalanche_gainlora.plugins import GainLoRAPlugin
 from avalanche_gainlora.strategy import LanguageModelStrategy
@@ -215,6 +221,8 @@ def run_lm(
         # the architecture from the record rather than building a model just to skip a run.
         recorded = json.loads(path.read_text()).get("config", {}).get("encoder_decoder", False)
         config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data)
+        if DistributedHelper.is_distributed and DistributedHelper.world_size > 1:
+            config["world_size"] = DistributedHelper.world_size
         record = existing_record(path, config)
         if progress:
             tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
@@ -225,6 +233,10 @@ def run_lm(
     torch_device = torch.device(device)
     model.to(torch_device)
     config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data)
+    world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
+    if world_size > 1:
+        check_distributed_batch(settings.batch_size, world_size)
+        config["world_size"] = world_size  # batch_size stays the global batch
 
     RNGManager.set_random_seeds(seed)
     benchmark = instruction_benchmark(
@@ -243,11 +255,13 @@ def run_lm(
         dropout=settings.dropout,
     )
     plugins = build_plugins(method, branches, num_tasks=len(tasks), options=settings.methods)
+    if world_size > 1:
+        plugins.append(DistributedLoRAPlugin())  # after the method plugins, which add each task's branch
     strategy = GenerationEvalStrategy(
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay),
         tokenizer=tokenizer,
-        train_mb_size=settings.batch_size,
+        train_mb_size=settings.batch_size // world_size,
         train_epochs=settings.epochs,
         eval_mb_size=settings.eval_batch_size,
         device=torch_device,
@@ -291,8 +305,18 @@ def run_lm(
         "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_atomically(path, record)
+    if DistributedHelper.is_main_process:
+        write_atomically(path, record)
     return record
+
+
+def check_distributed_batch(batch_size: int, world_size: int) -> None:
+    """Fail early when the global batch cannot be split evenly over the ranks."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"the batch size {batch_size} does not split over {world_size} processes: "
+            f"use a multiple of {world_size} (it is the global batch, each rank takes batch / world size)"
+        )
 
 
 class GenerationEvalStrategy(LanguageModelStrategy):

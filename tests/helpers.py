@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.multiprocessing
 from avalanche.benchmarks import tensors_benchmark
 
 from experiments.evaluation import accuracy_row, quiet_evaluator
 
-__all__ = ["accuracy_row", "experience_inputs", "free_port", "gaussian_tasks", "quiet_evaluator"]
+__all__ = ["accuracy_row", "experience_inputs", "free_port", "gaussian_tasks", "launch_ranks", "quiet_evaluator"]
 
 
 def gaussian_tasks(
@@ -48,3 +52,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _rank_entry(index: int, world_size: int, port: int, main: Callable[[str], None], out: str) -> None:
+    os.environ.update(
+        RANK=str(index),
+        LOCAL_RANK=str(index),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+    )
+    main(out)
+
+
+def launch_ranks(main: Callable[[str], None], out: Path, world_size: int = 2) -> None:
+    """Run ``main(out)`` in ``world_size`` forked processes with the environment torchrun gives its
+    workers, so that they join one process group as in a real launch.
+
+    An exception, or a non-zero exit (e.g. SIGABRT at exit), in any process raises here.
+    """
+    torch.multiprocessing.start_processes(
+        _rank_entry, args=(world_size, free_port(), main, str(out)), nprocs=world_size, start_method="fork"
+    )
+

@@ -12,43 +12,23 @@ the model is built. ~15-25 s.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import pytest
 import torch
-import torch.multiprocessing
 
 pytest.importorskip("accelerate")
 
 from tests import distributed_gainlora_worker as worker  # noqa: E402
-from tests.helpers import free_port
+from tests.helpers import launch_ranks  # noqa: E402
 
 WORLD_SIZE = 2
-
-
-
-def _rank_entry(index: int, port: int, out: str) -> None:
-    os.environ.update(
-        RANK=str(index),
-        LOCAL_RANK=str(index),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-    )
-    worker.main(out)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("gainlora_ddp")
-    # An exception, or a non-zero exit (e.g. SIGABRT at exit), in either process raises here.
-    torch.multiprocessing.start_processes(
-        _rank_entry, args=(free_port(), str(out)), nprocs=WORLD_SIZE, start_method="fork"
-    )
+    launch_ranks(worker.main, out, WORLD_SIZE)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
 

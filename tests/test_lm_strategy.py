@@ -159,6 +159,14 @@ def test_model_gets_training_keywords_only():
     assert calls[-1] == ((), ["attention_mask", "input_ids", "labels"])
 
 
+def test_strategies_built_on_one_model_share_one_keyword_hook():
+    model = tiny_llama()
+    before = len(model._forward_pre_hooks)
+    lm_strategy(model, evaluator=None)
+    lm_strategy(model, evaluator=None)
+    assert len(model._forward_pre_hooks) == before + 1
+
+
 def test_experiences_without_task_labels_still_collate():
     model = tiny_llama()
     dataset = lm_benchmark(model, lm_tasks(1, 4)).train_stream[0].dataset
