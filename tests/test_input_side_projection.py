@@ -4,10 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from avalanche_gpm import GPM
+from avalanche_gpm import GPM, memory as memory_module
 from avalanche_gpm.memory import GradientProjectionMemory, gradient_matrix
 from avalanche_gpm.step_recorder import StepRecorder
 from tests.helpers import gaussian_tasks, quiet_evaluator
+
+
+@pytest.fixture(autouse=True)
+def _take_over_small_layers(monkeypatch):
+    # These layers are small: without this, the fixed cost of a takeover would keep them on the gradient path.
+    monkeypatch.setattr(memory_module, "TAKEOVER_COST_FLOPS", 0)
 
 
 def filled_memory(model: nn.Sequential, sgp_alpha=None) -> GradientProjectionMemory:
@@ -144,6 +150,15 @@ def test_calls_with_more_rows_than_outputs_stay_with_autograd():
     assert recorder.records["fc"].inputs == [] and layer.weight.grad is not None
     memory.project_gradients({"fc": layer}, recorder.records)
     assert memory.last_paths["fc"] == "gradient"
+
+
+def test_small_savings_stay_on_the_gradient_path(monkeypatch):
+    memory = GradientProjectionMemory({"fc": 100})
+    r = torch.randn(100, 30, dtype=torch.float64)
+    memory.update({"fc": r @ r.T}, {"fc": 0.9})
+    monkeypatch.setattr(memory_module, "TAKEOVER_COST_FLOPS", 2e6)
+    assert not memory.projects_inputs("fc", 10, 100)  # 100 x 100 layer: saves well under 2 MFLOP
+    assert memory.projects_inputs("fc", 10, 2000)  # 2000 outputs: saves far more
 
 
 def test_a_call_that_raises_leaves_the_parameters_trainable():
