@@ -19,7 +19,8 @@ with labels (the router's pre-hook computes every gate's weight from the prompt)
 ``GainLoRAPlugin.after_update`` (the new gate's update projected off the old gate-input bases).
 Avalanche's own per-iteration overhead is the same for both sides and is left out, so the ratio is
 stricter than in a full strategy. Both sides alternate in short blocks and the median over blocks
-is reported, so that load on the machine affects both alike.
+is reported, so that load on the machine affects both alike. The target (GainLoRA at most 1.2x
+the baseline) is the issue's bound at 15 branches; every row is marked against it.
 
 Peak memory is what one iteration in steady state (after a warm-up iteration of both sides) needs
 above what the process holds between iterations (weights, optimizer state): activations, gradients
@@ -27,8 +28,12 @@ and temporaries. On CUDA it is ``torch.cuda.max_memory_allocated`` after ``reset
 minus ``memory_allocated``; on the CPU the process's peak resident set (``VmHWM``) minus its resident
 set, after freed heap memory is handed back to the system (glibc ``malloc_trim``) and the peak is
 reset (``/proc/self/clear_refs``), so that memory the side touches counts even where an earlier
-side had freed it. Both sides live in one process, which saves loading the model again in a fresh
-subprocess per side; the warm-up keeps first-use costs (code pages, lazy initialisation) out.
+side had freed it. The warm-up keeps first-use costs (code pages, lazy initialisation) out. Both
+sides live in one process, which saves loading the model again in a fresh subprocess per side, but
+the allocator's history still shows in the CPU values: against a fresh process per side
+(SmolLM2, 15 branches: 1029 MiB baseline, 988 MiB GainLoRA) this process measured about 10 %
+more for both sides after the earlier rows. Compare the two sides of a row, and read differences
+of a few percent as noise.
 
     python -m benchmarks.gainlora_step_cost [--models tiny_llama,smollm2-135m-instruct] [--branches 1,5,15]
         [--rounds R] [--steps S] [--device cuda|cpu] [--out results/benchmarks]
@@ -47,8 +52,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,7 +236,10 @@ class TrainingSide:
     gainlora: GainLoRAPlugin | None = None
 
     def step(self, batch: Mapping[str, Tensor]) -> None:
-        """One training iteration on ``batch``."""
+        """One training iteration.
+
+        :param batch: ``input_ids``, ``attention_mask`` and ``labels``.
+        """
         self.optimizer.zero_grad()
         self.model(**batch).loss.backward()
         if self.gainlora is not None:
@@ -284,14 +291,16 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def memory_method(device: torch.device) -> str | None:
-    """How :func:`peak_memory` measures on ``device``, or ``None`` when it cannot.
+    """How :func:`call_peak_mib` measures on ``device``, or ``None`` when it cannot.
 
     :param device: the device the benchmark runs on.
     """
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated above memory_allocated at the start"
     if _MALLOC_TRIM is not None and _CLEAR_REFS.exists():
-        return "peak resident set (VmHWM, reset through /proc/self/clear_refs) above VmRSS at the start, after malloc_trim"
+        return (
+            "peak resident set (VmHWM, reset through /proc/self/clear_refs) above VmRSS at the start, after malloc_trim"
+        )
     return None
 
 
@@ -302,16 +311,16 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
-    """Measure the peak memory of the ``with`` block above the memory held at its start.
+def call_peak_mib(call: Callable[[], object], device: torch.device) -> float | None:
+    """Make one call and return its peak memory in MiB above the memory held before it (see
+    :func:`memory_method`), or ``None`` where that cannot be measured.
 
-    Yields a dictionary whose ``"mib"`` is set on exit (see :func:`memory_method`; it is only used
-    where that method is not ``None``).
-
-    :param device: the device the block's work runs on.
+    :param call: the work of one call.
+    :param device: the device the work runs on.
     """
-    result: dict[str, float] = {}
+    if memory_method(device) is None:
+        time_calls(call, 1, device)
+        return None
     gc.collect()
     synchronize(device)
     if device.type == "cuda":
@@ -322,24 +331,9 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         _MALLOC_TRIM(0)
         _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident set
         start = 1024 * _status_kib("VmRSS")
-    yield result
-    synchronize(device)
+    time_calls(call, 1, device)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 1024 * _status_kib("VmHWM")
-    result["mib"] = (peak - start) / 2**20
-
-
-def call_peak_mib(call: Callable[[], object], device: torch.device) -> float | None:
-    """Make one call and return its peak memory in MiB, or ``None`` where it cannot be measured.
-
-    :param call: the work of one call.
-    :param device: the device the work runs on.
-    """
-    if memory_method(device) is None:
-        time_calls(call, 1, device)
-        return None
-    with peak_memory(device) as peak:
-        time_calls(call, 1, device)
-    return peak["mib"]
+    return (peak - start) / 2**20
 
 
 def measure(name: str, base: PreTrainedModel, branches: int, *, rounds: int, steps: int, device: torch.device) -> dict:
@@ -356,6 +350,7 @@ def measure(name: str, base: PreTrainedModel, branches: int, *, rounds: int, ste
     model = copy.deepcopy(base).to(device)
     gainlora = training_side(model, gainlora_model(model, branches, device))
     batch = random_batch(base.config.vocab_size, BATCH, SEQUENCE, seed=branches, device=device)
+    # warm-up: first-use costs stay out of both the memory and the times
     time_calls(lambda: baseline.step(batch), 1, device), time_calls(lambda: gainlora.step(batch), 1, device)
     baseline_mib = call_peak_mib(lambda: baseline.step(batch), device)
     gainlora_mib = call_peak_mib(lambda: gainlora.step(batch), device)
@@ -383,6 +378,11 @@ def _mib(value: float | None) -> str:
 
 
 def markdown(rows: list[dict], skipped: Mapping[str, str]) -> str:
+    """The rows as a markdown table (misses of the target marked), then the skipped models.
+
+    :param rows: the rows of :func:`measure`.
+    :param skipped: model name -> why it was skipped.
+    """
     lines = [
         "| model | branches | baseline (ms) | GainLoRA (ms) | GainLoRA / baseline | target "
         "| baseline peak (MiB) | GainLoRA peak (MiB) |",
@@ -441,7 +441,9 @@ def parse_args(
     """
     parser = argparse.ArgumentParser(description=description)
     names = [case.name for case in cases]
-    defaults = {option: ", ".join(f"{case.name} {getattr(case, option)}" for case in cases) for option in ("rounds", "steps")}
+    defaults = {
+        option: ", ".join(f"{case.name} {getattr(case, option)}" for case in cases) for option in ("rounds", "steps")
+    }
     parser.add_argument("--models", default=",".join(names), help=f"comma-separated subset of {names}")
     parser.add_argument("--branches", default=",".join(map(str, BRANCHES)), help="comma-separated branch counts")
     parser.add_argument("--rounds", type=int, help=f"alternating blocks (default per model: {defaults['rounds']})")
@@ -477,6 +479,10 @@ def write_results(out: str, stem: str, setting: dict, rows: list[dict], skipped:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (see the module docstring).
+
+    :param argv: command-line arguments (``sys.argv`` when ``None``).
+    """
     args = parse_args(argv, __doc__.split("\n\n")[0], "gainlora_step_cost", CASES)
     rows: list[dict] = []
     skipped: dict[str, str] = {}

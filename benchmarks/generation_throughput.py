@@ -57,7 +57,7 @@ from experiments.lm_models import load_model_and_tokenizer
 #: The issue's target: tokens/s of the strategy over tokens/s of plain ``model.generate``.
 TARGET = 0.9
 BATCH, MIN_PROMPT, MAX_PROMPT, NEW_TOKENS = 8, 16, 32, 16
-CASES = (ModelCase(TINY, rounds=10, steps=5), ModelCase(SMOLLM2, rounds=3, steps=1))
+CASES = (ModelCase(TINY, rounds=10, steps=3), ModelCase(SMOLLM2, rounds=3, steps=1))
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -179,6 +179,11 @@ def measure(
 
 
 def markdown(rows: list[dict], skipped: dict[str, str]) -> str:
+    """The rows as a markdown table (misses of the target marked), then the skipped models.
+
+    :param rows: the rows of :func:`measure`.
+    :param skipped: model name -> why it was skipped.
+    """
     lines = [
         "| model | branches | plain (tokens/s) | branches (tokens/s) | ours (tokens/s) | branches / plain "
         "| ours / plain | target |",
@@ -196,6 +201,10 @@ def markdown(rows: list[dict], skipped: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (see the module docstring).
+
+    :param argv: command-line arguments (``sys.argv`` when ``None``).
+    """
     args = parse_args(argv, __doc__.split("\n\n")[0], "generation_throughput", CASES)
     rows: list[dict] = []
     skipped: dict[str, str] = {}
