@@ -24,6 +24,8 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from avalanche_gainlora.parameter_cache import ParameterCache
+
 #: Layer types that can carry gated branches (GPT-2 family models use transformers' ``Conv1D``).
 ADAPTABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
@@ -49,16 +51,27 @@ class GatedLoraLinear(PeftLoraLinear):
     """peft's LoRA linear layer whose branches are added with per-sample weights.
 
     All branches run as two matrix products over the concatenated ``A`` and ``B`` matrices, so
-    the cost grows with the total rank, not with a Python loop over branches. Dropout is the one
-    of the newest branch, applied once to the input shared by all branches.
+    the cost grows with the total rank, not with a Python loop over branches. The concatenations
+    are kept while no branch changes (evaluation, generation), so a decoding step does not copy
+    every branch again. Dropout is the one of the newest branch, applied once to the input shared
+    by all branches.
     """
 
     branch_names: Sequence[str] = ()
     branch_weights: BranchWeights | None = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._branches_key: tuple[int, int] | None = None
+        self._branches: tuple[list[str], list[Tensor], list[Tensor]] = ([], [], [])
+        self._down = ParameterCache()
+        self._up = ParameterCache()
+        self._scaling: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._scales = ParameterCache()
+
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        names = [name for name in self.branch_names if name in self.lora_A]
+        names, downs, ups = self._active_branches()
         if self.disable_adapters or not names:
             return result
         if self.merged:
@@ -66,17 +79,47 @@ class GatedLoraLinear(PeftLoraLinear):
                 "gated LoRA branches cannot be merged into the base weights (their weights depend on the "
                 "input); call unmerge_adapter() first"
             )
-        down = torch.cat([self.lora_A[name].weight for name in names])
-        up = torch.cat([self.lora_B[name].weight for name in names], dim=1)
+        down = self._down.get(downs, lambda: torch.cat(downs))
+        up = self._up.get(ups, lambda: torch.cat(ups, dim=1))
         hidden = self.lora_dropout[names[-1]](x.to(down.dtype)) @ down.T
         hidden = hidden * self._hidden_scales(names, hidden)
         return (result + hidden @ up.T).to(result.dtype)
 
+    def _active_branches(self) -> tuple[list[str], list[Tensor], list[Tensor]]:
+        """Names and ``A`` / ``B`` weights of the branches this layer carries, in branch order."""
+        key = (len(self.branch_names), len(self.lora_A))  # both only grow, one branch at a time
+        if key != self._branches_key:
+            names = [name for name in self.branch_names if name in self.lora_A]
+            self._branches = (
+                names,
+                [self.lora_A[name].weight for name in names],
+                [self.lora_B[name].weight for name in names],
+            )
+            self._branches_key = key
+        return self._branches
+
+    def _rank_scaling(self, names: list[str], hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Each branch's rank and ``alpha / r``, as tensors on ``hidden``'s device."""
+        key = (len(names), hidden.device, hidden.dtype)
+        if key not in self._scaling:
+            ranks = torch.tensor([self.r[name] for name in names], device=hidden.device)
+            scaling = torch.tensor([self.scaling[name] for name in names], dtype=hidden.dtype, device=hidden.device)
+            self._scaling = {key: (ranks, scaling)}
+        return self._scaling[key]
+
     def _hidden_scales(self, names: list[str], hidden: Tensor) -> Tensor:
-        """``alpha / r`` of each branch times its per-sample weight, repeated over the branch's rank."""
-        ranks = torch.tensor([self.r[name] for name in names], device=hidden.device)
-        scaling = torch.tensor([self.scaling[name] for name in names], dtype=hidden.dtype, device=hidden.device)
+        """``alpha / r`` of each branch times its per-sample weight, repeated over the branch's rank.
+
+        Kept while the weights stay the same tensor: every decoding step of one ``generate`` call.
+        """
         weights = None if self.branch_weights is None else self.branch_weights.values
+        context = (len(names), hidden.shape[0], hidden.dim(), hidden.dtype, hidden.device)
+        return self._scales.get(
+            [] if weights is None else [weights], lambda: self._build_scales(names, hidden, weights), context
+        )
+
+    def _build_scales(self, names: list[str], hidden: Tensor, weights: Tensor | None) -> Tensor:
+        ranks, scaling = self._rank_scaling(names, hidden)
         if weights is None:
             return torch.repeat_interleave(scaling, ranks)
         if weights.shape[1] > len(names):

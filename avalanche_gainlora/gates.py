@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avalanche_gainlora.parameter_cache import ParameterCache
+
 #: Sharpness of the gate: the cosine is multiplied by 4 before ``f``.
 COSINE_SCALE = 4.0
 
@@ -87,6 +89,8 @@ class GateBank(nn.Module):
         self.dim = dim
         self.hidden = hidden
         self.gates = nn.ModuleList()
+        # Frozen gates run as one batched MLP over their stacked weights, stacked once while they do not change.
+        self._stacks = (ParameterCache(), ParameterCache(), ParameterCache())
 
     def __len__(self) -> int:
         return len(self.gates)
@@ -103,4 +107,19 @@ class GateBank(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         """``(B, d)`` pooled embeddings -> ``(B, tasks)`` gate values."""
-        return torch.stack([gate(pooled) for gate in self.gates], dim=1)
+        gates = list(self.gates)
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in gates[-1].parameters())
+        batched = gates[:-1] if trains else gates
+        values = [self._batched_values(batched, pooled)] if batched else []
+        if trains:  # the gate being trained runs on its own, so that its graph does not hold the others
+            values.append(gates[-1](pooled).unsqueeze(1))
+        return torch.cat(values, dim=1)
+
+    def _batched_values(self, gates: list[TaskGate], pooled: Tensor) -> Tensor:
+        """The values of several gates at once: ``(B, d)`` -> ``(B, len(gates))``."""
+        parts = ([g.down.weight for g in gates], [g.up.weight for g in gates], [g.key for g in gates])
+        down, up, keys = (cache.get(part, lambda part=part: torch.stack(part)) for cache, part in zip(self._stacks, parts))
+        hidden = F.silu(torch.einsum("bd,nhd->bnh", pooled, down))
+        projected = F.silu(torch.einsum("bnh,ndh->bnd", hidden, up))
+        cosine = F.cosine_similarity(projected, keys.unsqueeze(0).expand_as(projected), dim=-1)
+        return gate_activation(COSINE_SCALE * cosine)

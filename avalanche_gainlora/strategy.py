@@ -140,7 +140,8 @@ class LanguageModelStrategy(SupervisedTemplate):
         """
         prompt_ids = inputs["gen_input_ids"].to(self.device)
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # switching walks every module: skip it in evaluation, where the model is in eval mode
+            self.model.eval()
         try:
             output = self.model.generate(
                 input_ids=prompt_ids,
@@ -152,7 +153,8 @@ class LanguageModelStrategy(SupervisedTemplate):
                 eos_token_id=self.tokenizer.eos_token_id,
             )
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         if not self.is_encoder_decoder:
             # A decoder-only model returns the (left padded) prompt before its answer.
             output = output[:, prompt_ids.shape[1] :]
