@@ -63,18 +63,21 @@ def _rank_entry(index: int, world_size: int, port: int, main: Callable[[str], No
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
     )
+    torch.set_num_threads(1)
     main(out)
 
 
 def launch_ranks(main: Callable[[str], None], out: Path, world_size: int = 2) -> None:
-    """Run ``main(out)`` in ``world_size`` forked processes with the environment torchrun gives its
+    """Run ``main(out)`` in ``world_size`` new processes with the environment torchrun gives its
     workers, so that they join one process group as in a real launch.
 
-    An exception, or a non-zero exit (e.g. SIGABRT at exit), in any process raises here.
+    The processes are spawned, not forked: a fork of the test process after it ran multi-threaded
+    code (OpenMP, the tokenizers' thread pool) can leave a child waiting forever on a lock.
+    ``main`` must be importable (a module-level function). An exception, or a non-zero exit
+    (e.g. SIGABRT at exit), in any process raises here.
     """
     torch.multiprocessing.start_processes(
-        _rank_entry, args=(world_size, free_port(), main, str(out)), nprocs=world_size, start_method="fork"
+        _rank_entry, args=(world_size, free_port(), main, str(out)), nprocs=world_size, start_method="spawn"
     )
 

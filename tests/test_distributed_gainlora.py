@@ -1,13 +1,13 @@
 """GainLoRA(InfLoRA) + LanguageModelStrategy under DDP: 2 CPU ranks (gloo).
 
-The test forks 2 processes with the environment ``torchrun --nproc_per_node=2`` gives its
+The test spawns 2 processes with the environment ``torchrun --nproc_per_node=2`` gives its
 workers (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), so the
 worker joins the group exactly as in a real launch: ``setup_distributed(cpu=True)``, i.e.
 accelerate's ``PartialState``, gloo. (``accelerate.debug_launcher`` is not used: it creates the
 group on a ``FileStore`` whose file torch deletes when the group is destroyed, and then fails
 deleting it itself.) The worker (tests/distributed_gainlora_worker.py) trains a tiny LLaMA on
 3 tiny experiences, 2 epochs, 2 samples per rank and step, with per-rank random streams after
-the model is built. ~15-25 s.
+the model is built. ~25-40 s (most of it importing torch and transformers in the new processes).
 """
 
 from __future__ import annotations

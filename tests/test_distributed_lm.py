@@ -1,6 +1,6 @@
 """Language-model evaluation and the instruction runner on 2 CPU ranks (gloo): scores over all ranks.
 
-Launched like tests/test_distributed_gainlora.py (2 forked processes with torchrun's environment);
+Launched like tests/test_distributed_gainlora.py (2 spawned processes with torchrun's environment);
 the worker is tests/distributed_lm_worker.py. ~10-20 s.
 """
 
