@@ -9,6 +9,7 @@ task is permuted too). Images are scaled to [0, 1], normalised with MNIST's mean
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -123,29 +124,9 @@ def pmnist_tasks(
     return [TaskSplits(*((x[:, perm], y) for x, y in flat)) for perm in pixel_permutations(num_tasks, seed)]
 
 
-def pmnist(
-    data_root: str | Path,
-    num_tasks: int = 10,
-    seed: int = 0,
-    *,
-    val_fraction: float = 0.1,
-    train_size_per_task: int | None = None,
-    val_size_per_task: int | None = None,
-    test_size_per_task: int | None = None,
-    download: bool = False,
-) -> ImageBenchmark:
-    """Build Permuted MNIST; the arguments are those of :func:`pmnist_tasks`.
+def pmnist(data_root: str | Path, num_tasks: int = 10, seed: int = 0, **options: Any) -> ImageBenchmark:
+    """Build Permuted MNIST from :func:`pmnist_tasks` (``options``: its keyword-only arguments).
 
     :return: the benchmark (inputs ``(N, 784)``, labels 0..9, task label 0) and its validation tensors.
     """
-    tasks = pmnist_tasks(
-        data_root,
-        num_tasks,
-        seed,
-        val_fraction=val_fraction,
-        train_size_per_task=train_size_per_task,
-        val_size_per_task=val_size_per_task,
-        test_size_per_task=test_size_per_task,
-        download=download,
-    )
-    return make_benchmark(tasks, [0] * num_tasks)
+    return make_benchmark(pmnist_tasks(data_root, num_tasks, seed, **options), [0] * num_tasks)
