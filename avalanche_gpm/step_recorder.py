@@ -84,12 +84,13 @@ class StepRecorder:
 
     def _before(self, name: str):
         def detach_parameters(layer: nn.Linear, args: tuple) -> None:
+            if not (self.armed and layer.training and torch.is_grad_enabled()):
+                return
             params = [p for p in (layer.weight, layer.bias) if p is not None]
-            if not (self.armed and layer.training and torch.is_grad_enabled() and all(p.requires_grad for p in params)):
+            rows = args[0].numel() // args[0].shape[-1]  # samples x tokens
+            if not (all(p.requires_grad for p in params) and self.takes_over(name, rows)):
                 return
             inputs = input_vectors(layer, args[0].detach())
-            if not self.takes_over(name, inputs.shape[0]):
-                return
             for param in params:
                 param.requires_grad_(False)
             self._pending = (inputs, params)
