@@ -62,13 +62,14 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.gate_memory import official_threshold
 from avalanche_gainlora.plugins import BranchPlugin, GainLoRAPlugin
 from avalanche_gainlora.routing import IGNORE_INDEX
 from experiments.lm_models import resolve_model
+from tests.lm_fixtures import tiny_llama  # the tests' 2-layer LLaMA, hidden size 32, 128 tokens
 
 TINY = "tiny_llama"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -93,27 +94,6 @@ class ModelCase:
 
 
 CASES = (ModelCase(TINY, rounds=15, steps=10), ModelCase(SMOLLM2, rounds=3, steps=1))
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised 2-layer LLaMA with hidden size 32 and 128 tokens.
-
-    :param seed: seed of the initialisation.
-    """
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def load_model(name: str) -> PreTrainedModel:

@@ -58,7 +58,7 @@ CASES = (
 )
 
 
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
+def forward_task0(model: nn.Module, x: Tensor) -> Tensor:
     # Multi-head models take a task label; every sample of the batch belongs to task 0.
     return model(x, torch.zeros(len(x), dtype=torch.long)) if hasattr(model, "forward_single_task") else model(x)
 
@@ -83,7 +83,7 @@ def time_steps(
         if gpm is not None:
             gpm[2].start_step()
         optimizer.zero_grad()
-        F.cross_entropy(_forward(model, x), y).backward()
+        F.cross_entropy(forward_task0(model, x), y).backward()
         if gpm is not None:
             memory, layers, recorder = gpm
             memory.project_gradients(layers, recorder.records)

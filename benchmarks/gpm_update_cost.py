@@ -36,6 +36,7 @@ from avalanche_gpm.capture import GramRecorder, input_dim
 from avalanche_gpm.memory import GradientProjectionMemory
 from avalanche_gpm.models import alexnet, pmnist_mlp, reduced_resnet18
 from avalanche_gpm.selection import select_layers
+from benchmarks.gpm_step_cost import forward_task0
 
 THRESHOLD = 0.97
 
@@ -63,11 +64,6 @@ NETWORKS = (
 )
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Multi-head models take a task label; every sample belongs to task 0.
-    return model(x, torch.zeros(len(x), dtype=torch.long)) if hasattr(model, "forward_single_task") else model(x)
-
-
 @torch.no_grad()
 def time_updates(
     model: nn.Module, input_shape: tuple[int, ...], num_samples: Mapping[str, int], experiences: int, seed: int = 0
@@ -84,7 +80,7 @@ def time_updates(
         start = time.perf_counter()
         recorder = GramRecorder(layers, num_samples)
         with recorder.recording():
-            _forward(model, x)
+            forward_task0(model, x)
         captured = time.perf_counter()
         memory.update(recorder.grams, thresholds)
         done = time.perf_counter()
