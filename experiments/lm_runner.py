@@ -156,9 +156,10 @@ def run_config(
     settings: LMSettings,
     encoder_decoder: bool,
     data: Mapping[str, Any] | None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """The configuration stored in (and compared with) a run's record."""
-    return {
+    """The configuration stored in (and compared with) a run's record; ``world_size`` only above 1."""
+    config = {
         "method": method,
         "seed": seed,
         "model": model_name,
@@ -169,6 +170,9 @@ def run_config(
         "data_sha256": tasks_fingerprint(tasks),
         "settings": settings.to_dict(method, encoder_decoder=encoder_decoder),
     }
+    if world_size > 1:
+        config["world_size"] = world_size  # settings.batch_size stays the global batch
+    return config
 
 
 def run_lm(
@@ -215,14 +219,13 @@ def run_lm(
     path = result_path(out_dir, method, seed)
     if model_factory is None:
         model_factory = functools.partial(load_model_and_tokenizer, model_name, device=device)
+    world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
 
     if path.exists() and not force:
         # The configuration depends on the model only through its name and architecture; take
         # the architecture from the record rather than building a model just to skip a run.
         recorded = json.loads(path.read_text()).get("config", {}).get("encoder_decoder", False)
-        config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data)
-        if DistributedHelper.is_distributed and DistributedHelper.world_size > 1:
-            config["world_size"] = DistributedHelper.world_size
+        config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data, world_size)
         record = existing_record(path, config)
         if progress:
             tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
@@ -232,11 +235,9 @@ def run_lm(
     model, tokenizer = model_factory()
     torch_device = torch.device(device)
     model.to(torch_device)
-    config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data)
-    world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
+    config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data, world_size)
     if world_size > 1:
         check_distributed_batch(settings.batch_size, world_size)
-        config["world_size"] = world_size  # batch_size stays the global batch
 
     RNGManager.set_random_seeds(seed)
     benchmark = instruction_benchmark(
