@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 
-_EXPERIENCE_ACCURACY = "Top1_Acc_Exp/eval_phase/test_stream/"
+_EXPERIENCE_ACCURACY = "Top1_Acc_Exp/eval_phase/{stream}_stream/"
 
 
 def quiet_evaluator() -> EvaluationPlugin:
@@ -19,14 +19,15 @@ def quiet_evaluator() -> EvaluationPlugin:
         return EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[])
 
 
-def accuracy_row(results: Mapping[str, float], num_experiences: int) -> list[float]:
-    """Test accuracy of every experience from the metrics returned by one ``strategy.eval``.
+def accuracy_row(results: Mapping[str, float], num_experiences: int, stream: str = "test") -> list[float]:
+    """Accuracy of every experience from the metrics returned by one ``strategy.eval``.
 
-    :param results: the dictionary ``strategy.eval(test_stream)`` returns.
-    :param num_experiences: number of experiences in the evaluated test stream.
+    :param results: the dictionary ``strategy.eval(stream)`` returns.
+    :param num_experiences: number of experiences in the evaluated stream.
+    :param stream: the evaluated stream's name (``stream.name``: ``"test"``, ``"valid"``, ...).
     :return: accuracy of experience ``0 .. num_experiences - 1``, whatever their task labels.
     """
-    return experience_row(results, _EXPERIENCE_ACCURACY, num_experiences)
+    return experience_row(results, _EXPERIENCE_ACCURACY.format(stream=stream), num_experiences)
 
 
 def experience_row(results: Mapping[str, float], prefix: str, num_experiences: int) -> list[float]:

@@ -53,6 +53,15 @@ class Hyperparams:
         """
         return dict(self.strategy_options.get(strategy, {}))
 
+    def with_options(self, strategy: str, options: Mapping[str, Any]) -> Hyperparams:
+        """A copy where ``strategy``'s options are updated with ``options`` (others unchanged).
+
+        :param strategy: registered strategy name.
+        :param options: constructor keyword arguments to set, e.g. ``{"ewc_lambda": 1000.0}``.
+        """
+        merged = {**self.strategy_options, strategy: {**self.options(strategy), **options}}
+        return self.replace(strategy_options=merged)
+
     def replace(self, **changes: Any) -> Hyperparams:
         """A copy with some fields changed, e.g. ``hp.replace(epochs=1)``."""
         return dataclasses.replace(self, **changes)

@@ -23,7 +23,7 @@ from experiments.lm_methods import METHODS, MethodOptions, parse_methods
 from experiments.lm_models import ALIASES, CachedModelLoader
 from experiments.lm_report import write_lm_report
 from experiments.lm_runner import LMSettings, run_lm
-from experiments.run import _comma_list, _positive
+from experiments.cli_types import comma_list, positive_int
 
 #: Preset order of each benchmark when neither --order nor --tasks is given.
 DEFAULT_ORDER = {"superni": 1, "long_sequence": 3}
@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--benchmark", default="superni", choices=sorted(DEFAULT_ORDER), help="(default superni)")
     which = data.add_mutually_exclusive_group()
     which.add_argument("--order", type=int, help="preset order (1, 2: SuperNI; 3, 4: Long Sequence); default 1 / 3")
-    which.add_argument("--tasks", type=_comma_list(str), help="custom order: comma-separated task names")
-    _protocol_option(data, "--num-tasks", _positive, "train on the first N tasks of the order")
+    which.add_argument("--tasks", type=comma_list(str), help="custom order: comma-separated task names")
+    _protocol_option(data, "--num-tasks", positive_int, "train on the first N tasks of the order")
     data.add_argument("--data-root", required=True, help="folder containing CL_Benchmark/, e.g. ../shared/data")
     _protocol_option(data, "--max-train", _cap, "training examples per task, 0: all")
     _protocol_option(data, "--max-test", _cap, "test examples per task, 0: all")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(METHODS),
         help=f"comma-separated, from {', '.join(METHODS)} (default all)",
     )
-    runs.add_argument("--seeds", type=_comma_list(int), nargs="+", default=[[0]], help="'0 1 2' or 0,1,2 (default 0)")
+    runs.add_argument("--seeds", type=comma_list(int), nargs="+", default=[[0]], help="'0 1 2' or 0,1,2 (default 0)")
     runs.add_argument(
         "--model",
         default="smollm2-135m-instruct",
@@ -147,19 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = parser.add_argument_group("training and evaluation")
-    _protocol_option(train, "--epochs", _positive, "epochs per task")
-    _protocol_option(train, "--batch-size", _positive, "training mini-batch size")
-    _protocol_option(train, "--eval-batch-size", _positive, "prompts per generation batch")
+    _protocol_option(train, "--epochs", positive_int, "epochs per task")
+    _protocol_option(train, "--batch-size", positive_int, "training mini-batch size")
+    _protocol_option(train, "--eval-batch-size", positive_int, "prompts per generation batch")
     _protocol_option(train, "--lr", _positive_float, "constant AdamW learning rate")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    train.add_argument("--rank", type=_positive, help="LoRA rank (default 4 SuperNI, 8 Long Sequence)")
-    train.add_argument("--alpha", type=_positive_float, default=32.0, help="LoRA alpha (default 32)")
+    train.add_argument("--rank", type=positive_int, help="LoRA rank (default 4 SuperNI, 8 Long Sequence)")
+    train.add_argument("--alpha", type=positive_int_float, default=32.0, help="LoRA alpha (default 32)")
     train.add_argument(
-        "--target-modules", type=_comma_list(str), help="adapted layers (default peft's for the model: q and v)"
+        "--target-modules", type=comma_list(str), help="adapted layers (default peft's for the model: q and v)"
     )
-    _protocol_option(train, "--max-prompt-tokens", _positive, "prompts keep their last tokens")
-    _protocol_option(train, "--max-answer-tokens", _positive, "training answers are cut to this, eos included")
-    _protocol_option(train, "--max-new-tokens", _positive, "most generated tokens per answer")
+    _protocol_option(train, "--max-prompt-tokens", positive_int, "prompts keep their last tokens")
+    _protocol_option(train, "--max-answer-tokens", positive_int, "training answers are cut to this, eos included")
+    _protocol_option(train, "--max-new-tokens", positive_int, "most generated tokens per answer")
     train.add_argument(
         "--eval-all-tasks", action="store_true", help="also evaluate tasks not trained yet (full T x T matrices)"
     )
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument(
         "--threshold", type=float, help="energy threshold of InfLoRA / GainLoRA bases (default: official schedule)"
     )
-    methods.add_argument("--gate-hidden", type=_positive, help="GainLoRA gate width (default 100 T5, 50 decoder-only)")
+    methods.add_argument("--gate-hidden", type=positive_int, help="GainLoRA gate width (default 100 T5, 50 decoder-only)")
     _protocol_option(methods, "--inflora-max-samples", _cap, "samples per task for InfLoRA's input statistics, 0: all")
     return parser
 

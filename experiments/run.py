@@ -8,39 +8,16 @@ skipped, so an interrupted sweep resumes when the same command is run again.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from avalanche_gpm.distributed import DistributedHelper, shutdown_distributed
 from experiments.benchmarks import BENCHMARKS, get_benchmark
+from experiments.cli_types import comma_list, positive_int, strategy_name
 from experiments.report import write_report
 from experiments.runner import run
-from experiments.strategies import STRATEGIES, check_strategy
+from experiments.strategies import STRATEGIES
 
 DEMO_STRATEGIES = "gpm,naive,ewc"
-
-
-def _comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
-    """argparse type for ``a,b,c``: each item converted (and validated) by ``item``."""
-
-    def parse(text: str) -> list:
-        try:
-            return [item(part.strip()) for part in text.split(",") if part.strip()]
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
-def _strategy(name: str) -> str:
-    check_strategy(name)
-    return name
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,12 +35,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--strategies",
-        type=_comma_list(_strategy),
+        type=comma_list(strategy_name),
         default=DEMO_STRATEGIES.split(","),
         help=f"comma-separated, from: {', '.join(sorted(STRATEGIES))} (default {DEMO_STRATEGIES})",
     )
     parser.add_argument(
-        "--seeds", type=_comma_list(int), nargs="+", default=[[0]], help="seeds, e.g. '0 1 2' or 0,1,2 (default 0)"
+        "--seeds", type=comma_list(int), nargs="+", default=[[0]], help="seeds, e.g. '0 1 2' or 0,1,2 (default 0)"
     )
     parser.add_argument("--out", help="output folder (default results/<benchmark>)")
     parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
@@ -71,8 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
     )
     parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--epochs", type=_positive, help="override the preset's epochs per task")
-    parser.add_argument("--tasks", type=_positive, help="use only the first N tasks (smoke runs)")
+    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
+    parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks (smoke runs)")
     parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
     parser.add_argument(
         "--distributed",

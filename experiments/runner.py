@@ -39,6 +39,9 @@ from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 #: per-experience sharding).
 DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("naive", "gpm", "sgp", "replay")
 
+#: Streams an accuracy matrix can be measured on: the test split, or the validation split for tuning.
+EVAL_STREAMS: tuple[str, ...] = ("test", "valid")
+
 
 def result_path(out_dir: str | os.PathLike, strategy_name: str, seed: int) -> Path:
     """Where the record of one run lives.
@@ -63,11 +66,13 @@ def run(
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
+    eval_stream: str = "test",
+    record_name: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one (benchmark, strategy, seed) and write its record.
 
-    After each training experience the model is evaluated on the whole test stream, which gives
-    one row of the accuracy matrix ``A[t, j]``. A joint run is trained once on all experiences
+    After each training experience the model is evaluated on the whole test stream (the validation
+    stream when tuning), which gives one row of the accuracy matrix ``A[t, j]``. A joint run is trained once on all experiences
     and evaluated once: its matrix is that single row, its ``bwt`` is None and ``joint`` is true.
 
     :param benchmark_name: registered benchmark name.
@@ -82,13 +87,19 @@ def run(
     :param device: training device, e.g. ``"cpu"`` or ``"cuda"``.
     :param force: rerun and overwrite an existing record.
     :param progress: show a progress bar over experiences, and say when a run is skipped.
+    :param eval_stream: ``"test"``, or ``"valid"`` to fill the accuracy matrix from the validation
+        split when choosing hyper-parameters (see :mod:`experiments.tune`).
+    :param record_name: stem of the record's file name instead of the strategy name (one record per
+        option setting when tuning).
     :return: the record (also when it was read back from an existing file).
     :raises ValueError: for unknown names, when an existing record was made with another
         configuration (rerun with ``force`` or use another ``out_dir``), or when the preset has a
-        learning-rate schedule and the benchmark lacks a validation stream.
+        learning-rate schedule or ``eval_stream="valid"`` and the benchmark lacks a validation stream.
     """
     spec = get_benchmark(benchmark_name)
     check_strategy(strategy_name)
+    if eval_stream not in EVAL_STREAMS:
+        raise ValueError(f"eval_stream must be one of {', '.join(EVAL_STREAMS)}, got {eval_stream!r}")
     if hyperparams is None:
         hyperparams = spec.defaults
     if STRATEGIES[strategy_name] is JointTraining and hyperparams.lr_schedule is not None:
@@ -102,11 +113,13 @@ def run(
         "num_tasks": num_tasks,
         "hyperparams": hyperparams.to_dict(strategy_name),
     }
+    if eval_stream != "test":  # test-set records keep the configuration they were written with
+        config["eval_stream"] = eval_stream
     world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
     if world_size > 1:
         _check_distributed(strategy_name, hyperparams, world_size)
         config["world_size"] = world_size  # batch_size stays the global batch
-    path = result_path(out_dir, strategy_name, seed)
+    path = result_path(out_dir, record_name or strategy_name, seed)
     if path.exists() and not force:
         record = existing_record(path, config)
         if progress:
@@ -116,11 +129,11 @@ def run(
     commit = process_commit()  # the code that runs, even if the checkout moves on during a long run
     RNGManager.set_random_seeds(seed)
     benchmark = spec.build(seed, data_root, download)
-    train_stream, test_stream = benchmark.train_stream, benchmark.test_stream
+    train_stream, evaluated = benchmark.train_stream, _evaluation_stream(benchmark, benchmark_name, eval_stream)
     if num_tasks is not None:
         if not 1 <= num_tasks <= len(train_stream):
             raise ValueError(f"num_tasks must be in 1..{len(train_stream)} for {benchmark_name}, got {num_tasks}")
-        train_stream, test_stream = train_stream[:num_tasks], test_stream[:num_tasks]
+        train_stream, evaluated = train_stream[:num_tasks], evaluated[:num_tasks]
     torch_device = torch.device(device)
     strategy = build_strategy(
         strategy_name,
@@ -136,7 +149,7 @@ def run(
     reset_cuda_peak(torch_device)
     joint = isinstance(strategy, JointTraining)
     matrix, wall_time, train_time = _train_and_evaluate(
-        strategy, train_stream, test_stream, f"{strategy_name} seed {seed}", progress, joint
+        strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint
     )
     unwrap_from_ddp(strategy)
     # A joint run has only the final row: ACC is its mean, and BWT (forgetting) is undefined.
@@ -158,6 +171,19 @@ def run(
     if DistributedHelper.is_main_process:
         write_atomically(path, record)
     return record
+
+
+def _evaluation_stream(benchmark: CLScenario, benchmark_name: str, eval_stream: str) -> CLStream:
+    """The stream that fills the accuracy matrix: the test stream, or the validation stream."""
+    if eval_stream == "test":
+        return benchmark.test_stream
+    stream = getattr(benchmark, "valid_stream", None)
+    if stream is None:
+        raise ValueError(
+            f"benchmark {benchmark_name!r} has no validation stream to evaluate on; "
+            "tune on a benchmark with a validation split (pmnist, split_cifar10, ...)"
+        )
+    return stream
 
 
 def _schedule_plugins(
@@ -235,7 +261,7 @@ def _train_and_evaluate(
             batch_size = strategy.eval_mb_size
             matrix.append(distributed_accuracy_row(strategy.model, test_stream, batch_size=batch_size, device=strategy.device))
         else:
-            matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream)))
+            matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream), test_stream.name))
         seen = matrix[-1] if joint else matrix[-1][: len(matrix)]
         bar.set_postfix(acc_seen=f"{sum(seen) / len(seen):.3f}")
     return matrix, time.perf_counter() - start, train_time

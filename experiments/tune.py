@@ -1,0 +1,257 @@
+"""Choose a strategy's options on the validation split: one run per point of a grid, never the test set.
+
+Example (EWC's lambda and mode on Permuted MNIST, seed 1, one epoch per task)::
+
+    python -m experiments.tune --benchmark pmnist --strategy ewc --seeds 1 --epochs 1 \\
+        --grid ewc_lambda=100,1000 --grid mode=online --grid decay_factor=1.0 \\
+        --data-root ../shared/data --out results/tuning/pmnist_ewc
+
+Each point trains the whole stream with the preset's protocol, the point's options on top, and
+fills the accuracy matrix from the validation split. Records are named
+``<strategy>_<option>-<value>..._seed<seed>.json`` and skipped when they exist, so a grid resumes and
+several commands (e.g. one per EWC mode) can share one folder. ``tuning.md`` and ``tuning.csv``
+rank every point in the folder by validation ACC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.benchmarks import BENCHMARKS, get_benchmark
+from experiments.evaluation import quiet_evaluator
+from experiments.hyperparams import Hyperparams
+from experiments.cli_types import comma_list, positive_int, strategy_name
+from experiments.runner import run
+from experiments.strategies import build_strategy
+from experiments.tables import markdown_table, summarise, write_csv
+
+#: Options of one grid point, by name.
+Point = dict[str, Any]
+
+
+def parse_value(text: str) -> Any:
+    """An option value from the command line: int, float, bool, None, or else the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_grid_axis(text: str) -> tuple[str, list[Any]]:
+    """``name=v1,v2,...`` as ``(name, [v1, v2, ...])``.
+
+    :raises argparse.ArgumentTypeError: without ``=`` or without values.
+    """
+    name, equals, values = text.partition("=")
+    parsed = [parse_value(value) for value in values.split(",") if value.strip()]
+    if not equals or not name.strip() or not parsed:
+        raise argparse.ArgumentTypeError(f"a grid axis is name=value[,value...], e.g. ewc_lambda=10,100; got {text!r}")
+    return name.strip(), parsed
+
+
+def grid_points(axes: Sequence[tuple[str, Sequence[Any]]]) -> list[Point]:
+    """Every combination of the axes' values, the last axis varying fastest.
+
+    :param axes: ``(option name, values)`` pairs; names must be distinct.
+    :raises ValueError: when an option appears on two axes.
+    """
+    names = [name for name, _ in axes]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"option(s) {', '.join(repeated)} given on several --grid axes: list all values in one")
+    return [dict(zip(names, values)) for values in itertools.product(*(values for _, values in axes))]
+
+
+def point_label(point: Mapping[str, Any]) -> str:
+    """Human-readable name of a point, e.g. ``ewc_lambda=100, mode=online``."""
+    return ", ".join(f"{name}={value}" for name, value in point.items())
+
+
+def point_record_name(strategy: str, point: Mapping[str, Any]) -> str:
+    """File-name stem of a point's record, e.g. ``ewc_ewc_lambda-100_mode-online``."""
+    parts = [strategy] + [f"{name}-{value}" for name, value in point.items()]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", "_".join(parts))
+
+
+def check_points(strategy: str, hyperparams: Hyperparams, model: torch.nn.Module, points: Sequence[Point]) -> None:
+    """Build the strategy once per point before any training, so a misspelt option or a combination
+    the strategy refuses fails in seconds, not hours into the grid.
+
+    :raises ValueError: naming the point and the strategy's complaint.
+    """
+    for point in points:
+        try:
+            build_strategy(
+                strategy,
+                model=model,
+                hyperparams=hyperparams.with_options(strategy, point),
+                evaluator=quiet_evaluator(),
+                device="cpu",
+            )
+        except (TypeError, ValueError, AssertionError) as error:
+            raise ValueError(
+                f"strategy {strategy!r} does not accept the options {point_label(point)} ({error or type(error).__name__}); "
+                "check the names and values against its constructor"
+            ) from None
+
+
+def tune(
+    benchmark: str,
+    strategy: str,
+    points: Sequence[Point],
+    seeds: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    hyperparams: Hyperparams | None = None,
+    num_tasks: int | None = None,
+    data_root: str | None = None,
+    download: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> str:
+    """Run every (point, seed) on the validation split, then write and return the ranking table.
+
+    :param benchmark: registered benchmark name; it needs a validation stream.
+    :param strategy: registered strategy name.
+    :param points: option settings to try, each applied on top of the preset's options.
+    :param seeds: seeds of every point.
+    :param out_dir: folder of the records and of ``tuning.md`` / ``tuning.csv``.
+    :param hyperparams: the protocol; default the benchmark's preset.
+    :param num_tasks: train on the first ``num_tasks`` experiences only; default all.
+    :param data_root: folder of local data for benchmarks that need files.
+    :param download: let torchvision download missing files where it can.
+    :param device: training device.
+    :param progress: show progress bars.
+    :return: the markdown table of every point recorded in ``out_dir``, best validation ACC first.
+    """
+    spec = get_benchmark(benchmark)
+    hyperparams = spec.defaults if hyperparams is None else hyperparams
+    check_points(strategy, hyperparams, spec.model(), points)
+    for seed in seeds:
+        for point in points:
+            run(
+                benchmark,
+                strategy,
+                seed,
+                out_dir,
+                hyperparams=hyperparams.with_options(strategy, point),
+                num_tasks=num_tasks,
+                data_root=data_root,
+                download=download,
+                device=device,
+                progress=progress,
+                eval_stream="valid",
+                record_name=point_record_name(strategy, point),
+            )
+    return write_tuning_report(out_dir, strategy)
+
+
+def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
+    """Rank every validation record of ``strategy`` in ``out_dir`` by its options' mean ACC.
+
+    Points are told apart by the options that differ between the records, so the table shows only
+    what was tuned (all options when the folder holds a single point).
+
+    :return: the markdown written to ``tuning.md`` (``tuning.csv`` holds the same rows).
+    :raises ValueError: when the folder holds no validation record of the strategy.
+    """
+    out = Path(out_dir)
+    records = [json.loads(path.read_text()) for path in sorted(out.glob(f"{strategy}_*_seed*.json"))]
+    records = [r for r in records if r["config"].get("eval_stream") == "valid" and r["config"]["strategy"] == strategy]
+    if not records:
+        raise ValueError(f"{out} holds no validation record of {strategy!r}: run experiments.tune first")
+    options = [r["config"]["hyperparams"]["options"] for r in records]
+    names = sorted(set().union(*options))
+    # With a single point there is nothing to tell apart: show all its options.
+    shown = [name for name in names if len({json.dumps(o.get(name)) for o in options}) > 1] or names
+    by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record, option in zip(records, options):
+        by_point[point_label({name: option.get(name) for name in shown})].append(record)
+    summaries = summarise(by_point)
+    config = records[0]["config"]
+    title = (
+        f"{strategy} on {config['benchmark']}, validation split, "
+        f"{config['hyperparams']['epochs']} epoch(s) per task, tasks: {config['num_tasks'] or 'all'}"
+    )
+    markdown = f"{title}\n\n" + markdown_table(summaries, headers=("options", "val ACC (%)", "val BWT (%)")) + "\n"
+    (out / "tuning.md").write_text(markdown)
+    write_csv(summaries, out / "tuning.csv", names=("options", "val_acc", "val_bwt"))
+    return markdown
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m experiments.tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    parser.add_argument("--strategy", required=True, type=strategy_name)
+    parser.add_argument(
+        "--grid",
+        type=parse_grid_axis,
+        action="append",
+        required=True,
+        help="an option and its values, e.g. ewc_lambda=10,100,1000 (repeat for more options: every "
+        "combination runs; one value fixes an option)",
+    )
+    parser.add_argument("--seeds", type=comma_list(int), nargs="+", default=[[1]], help="(default 1: keep seed 0 for the test runs)")
+    parser.add_argument("--out", required=True, help="folder of the records and the ranking")
+    parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
+    parser.add_argument("--download", action="store_true", help="let torchvision download missing data")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
+    parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks")
+    args = parser.parse_args(argv)
+    args.seeds = [seed for group in args.seeds for seed in group]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the grid and print the ranking.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    """
+    args = parse_args(argv)
+    hyperparams = get_benchmark(args.benchmark).defaults
+    if args.epochs is not None:
+        hyperparams = hyperparams.replace(epochs=args.epochs)
+    try:
+        points = grid_points(args.grid)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    print(
+        tune(
+            args.benchmark,
+            args.strategy,
+            points,
+            args.seeds,
+            args.out,
+            hyperparams=hyperparams,
+            num_tasks=args.tasks,
+            data_root=args.data_root,
+            download=args.download,
+            device=args.device,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""experiments.tune: grids of strategy options scored on the validation split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from avalanche_gpm.models import pmnist_mlp
+from experiments import benchmarks as benchmarks_module
+from experiments.benchmarks import BenchmarkSpec
+from experiments.benchmarks.image_data import TaskSplits, make_benchmark
+from experiments.hyperparams import Hyperparams
+from experiments.runner import result_path, run
+from experiments.tune import grid_points, main as tune_main, parse_grid_axis, point_record_name, tune
+
+FEATURES, CLASSES = 8, 3
+
+
+def _blobs(seed: int) -> list[TaskSplits]:
+    """Two learnable tasks whose *test* labels are shuffled: only validation scores can be high."""
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for _ in range(2):
+        means = 3 * torch.randn(CLASSES, FEATURES, generator=generator)
+
+        def sample(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = torch.randint(0, CLASSES, (size,), generator=generator)
+            return means[labels] + 0.3 * torch.randn(size, FEATURES, generator=generator), labels
+
+        train, val, (test_x, test_y) = sample(90), sample(30), sample(30)
+        tasks.append(TaskSplits(train, val, (test_x, test_y[torch.randperm(30, generator=generator)])))
+    return tasks
+
+
+@pytest.fixture
+def blobs(monkeypatch):
+    """Register a two-task benchmark with a validation split under the name ``blobs``."""
+    spec = BenchmarkSpec(
+        build=lambda seed, root, download: make_benchmark(_blobs(seed), [0, 0]).benchmark,
+        model=lambda: pmnist_mlp(in_features=FEATURES, hidden=16, num_classes=CLASSES),
+        defaults=Hyperparams(lr=0.1, batch_size=10, epochs=2, strategy_options={"ewc": {"ewc_lambda": 1.0}}),
+        description="test blobs",
+    )
+    monkeypatch.setitem(benchmarks_module.BENCHMARKS, "blobs", spec)
+    return "blobs"
+
+
+def test_grid_axes_and_points():
+    assert parse_grid_axis("ewc_lambda=10,1e3") == ("ewc_lambda", [10, 1000.0])
+    assert parse_grid_axis("mode=online") == ("mode", ["online"])
+    assert parse_grid_axis("keep=true,none") == ("keep", [True, None])
+    points = grid_points([("a", [1, 2]), ("b", ["x", "y"])])
+    assert points == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    assert point_record_name("ewc", {"ewc_lambda": 100, "mode": "online"}) == "ewc_ewc_lambda-100_mode-online"
+    with pytest.raises(ValueError, match="several --grid axes"):
+        grid_points([("a", [1]), ("a", [2])])
+    for bad in ("ewc_lambda", "=1", "ewc_lambda="):
+        with pytest.raises(Exception, match="name=value"):
+            parse_grid_axis(bad)
+
+
+def test_tune_scores_every_point_on_validation_and_ranks_them(blobs, tmp_path):
+    points = [{"ewc_lambda": 0.1}, {"ewc_lambda": 1e6}]
+    markdown = tune(blobs, "ewc", points, [1], tmp_path, progress=False)
+    accs = {}
+    for point in points:
+        record = json.loads(result_path(tmp_path, point_record_name("ewc", point), 1).read_text())
+        assert record["config"]["eval_stream"] == "valid"
+        assert record["config"]["hyperparams"]["options"]["ewc_lambda"] == point["ewc_lambda"]
+        matrix = record["accuracy_matrix"]
+        # Shuffled test labels would give about 1/3: these are validation accuracies.
+        assert matrix[0][0] > 0.9
+        accs[point["ewc_lambda"]] = record["acc"]
+    # A huge lambda pins the weights of task 1, so task 2 is learnt worse than with a small one.
+    assert accs[0.1] > accs[1e6]
+    rows = [line for line in markdown.splitlines() if line.startswith("| ewc_lambda=")]
+    assert [row.split(" |")[0] for row in rows] == ["| ewc_lambda=0.1", "| ewc_lambda=1000000.0"]
+    assert (tmp_path / "tuning.md").read_text() == markdown
+    assert (tmp_path / "tuning.csv").read_text().startswith("options,val_acc_mean,")
+
+
+def test_tune_refuses_bad_options_before_training(blobs, tmp_path):
+    with pytest.raises(ValueError, match="ewc_lamda=1"):
+        tune(blobs, "ewc", [{"ewc_lambda": 1.0}, {"ewc_lamda": 1}], [1], tmp_path, progress=False)
+    with pytest.raises(ValueError, match="decay_factor"):
+        tune(blobs, "ewc", [{"mode": "online"}], [1], tmp_path, progress=False)
+    assert not list(tmp_path.iterdir()), "nothing may run when one point is invalid"
+
+
+def test_tuning_needs_a_validation_stream(tmp_path):
+    with pytest.raises(ValueError, match="no validation stream"):
+        run("permuted_digits", "naive", 0, tmp_path, eval_stream="valid", progress=False)
+    with pytest.raises(ValueError, match="eval_stream"):
+        run("permuted_digits", "naive", 0, tmp_path, eval_stream="train", progress=False)
+
+
+def test_test_records_keep_their_configuration(blobs, tmp_path):
+    record = run(blobs, "naive", 0, tmp_path, progress=False)
+    assert "eval_stream" not in record["config"], "records written before tuning existed must still match"
+
+
+def test_cli(blobs, tmp_path, capsys):
+    tune_main(["--benchmark", blobs, "--strategy", "ewc", "--grid", "ewc_lambda=3", "--out", str(tmp_path), "--tasks", "1"])
+    out = capsys.readouterr().out
+    assert "ewc on blobs, validation split, 2 epoch(s) per task, tasks: 1" in out and "| ewc_lambda=3 |" in out
