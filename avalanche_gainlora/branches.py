@@ -66,7 +66,8 @@ class GatedLoraLinear(PeftLoraLinear):
         self._branches: tuple[list[str], list[Tensor], list[Tensor]] = ([], [], [])
         self._down = ParameterCache()
         self._up = ParameterCache()
-        self._scaling: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._ranks = ParameterCache()
+        self._scalings = ParameterCache()
         self._scales = ParameterCache()
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
@@ -100,12 +101,15 @@ class GatedLoraLinear(PeftLoraLinear):
 
     def _rank_scaling(self, names: list[str], hidden: Tensor) -> tuple[Tensor, Tensor]:
         """Each branch's rank and ``alpha / r``, as tensors on ``hidden``'s device."""
-        key = (len(names), hidden.device, hidden.dtype)
-        if key not in self._scaling:
-            ranks = torch.tensor([self.r[name] for name in names], device=hidden.device)
-            scaling = torch.tensor([self.scaling[name] for name in names], dtype=hidden.dtype, device=hidden.device)
-            self._scaling = {key: (ranks, scaling)}
-        return self._scaling[key]
+        # Built from configuration, not parameters: the context alone says when to rebuild.
+        context = (len(names), hidden.device, hidden.dtype)
+        ranks = self._ranks.get([], lambda: torch.tensor([self.r[name] for name in names], device=hidden.device), context)
+        scaling = self._scalings.get(
+            [],
+            lambda: torch.tensor([self.scaling[name] for name in names], dtype=hidden.dtype, device=hidden.device),
+            context,
+        )
+        return ranks, scaling
 
     def _hidden_scales(self, names: list[str], hidden: Tensor) -> Tensor:
         """``alpha / r`` of each branch times its per-sample weight, repeated over the branch's rank.
