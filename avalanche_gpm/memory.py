@@ -43,19 +43,23 @@ def gradient_matrix(layer: nn.Module) -> Tensor:
 
     A parameter without a gradient (a loss term that touched only the weight) counts as zeros.
     """
-    grads = [torch.zeros_like(param) if param.grad is None else param.grad for param in _parameters(layer)]
-    grad = grads[0].reshape(layer.weight.shape[0], -1)
-    if layer.bias is None:
+    weight, bias = layer.weight, layer.bias
+    grad = torch.zeros_like(weight) if weight.grad is None else weight.grad
+    grad = grad.reshape(weight.shape[0], -1)
+    if bias is None:
         return grad
-    return torch.cat([grad, grads[1].unsqueeze(1)], dim=1)
+    bias_grad = torch.zeros_like(bias) if bias.grad is None else bias.grad
+    return torch.cat([grad, bias_grad.unsqueeze(1)], dim=1)
 
 
 def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
     """Write an ``(out, input_dim)`` matrix into the layer's ``.grad`` fields (created if missing)."""
-    weight_columns = layer.weight[0].numel()
-    parts = [(layer.weight, matrix[:, :weight_columns].reshape(layer.weight.shape))]
-    if layer.bias is not None:
-        parts.append((layer.bias, matrix[:, weight_columns]))
+    weight, bias = layer.weight, layer.bias
+    # Called for every protected layer at every step: plain reshapes, no per-call bookkeeping.
+    if bias is None:
+        parts = [(weight, matrix.reshape(weight.shape))]
+    else:
+        parts = [(weight, matrix[:, :-1].reshape(weight.shape)), (bias, matrix[:, -1])]
     for param, grad in parts:
         if param.grad is None:
             param.grad = grad.contiguous()
@@ -105,6 +109,8 @@ class GradientProjectionMemory:
         # SGP: importance in [0, 1] of every basis direction (unused by plain GPM)
         self.importances: dict[str, Tensor | None] = {name: None for name in self.input_dims}
         self._projectors: dict[str, SubspaceProjector] = {}
+        # takeover decisions by (layer, rows, out_dim, fixed cost), with the basis they were made for
+        self._takeovers: dict[tuple, tuple[Tensor, bool]] = {}
         #: how each layer's gradient was projected in the last step: "gradient" or "inputs"
         self.last_paths: dict[str, str] = {}
 
@@ -132,6 +138,7 @@ class GradientProjectionMemory:
                 self.importances[name] = self._grow_importance(name, old_basis, gram, update.added_energies)
             self.bases[name] = update.basis
         self._projectors.clear()
+        self._takeovers.clear()
 
     def _grow_importance(self, name: str, old_basis: Tensor | None, gram: Tensor, added_energies: Tensor) -> Tensor:
         """SGP: importance of the old directions on the new task, accumulated, then the new ones'."""
@@ -172,6 +179,17 @@ class GradientProjectionMemory:
         worth it: see :data:`TAKEOVER_COST_FLOPS`.
         """
         basis = self.bases[name]
+        # Asked at every call of every linear layer: decided once per basis and step shape.
+        key = (name, rows, out_dim, TAKEOVER_COST_FLOPS)
+        known = self._takeovers.get(key)
+        if known is not None and known[0] is basis:
+            return known[1]
+        decision = self._saves_enough(basis, rows, out_dim)
+        self._takeovers[key] = (basis, decision)
+        return decision
+
+    @staticmethod
+    def _saves_enough(basis: Tensor | None, rows: int, out_dim: int) -> bool:
         if basis is None or basis.shape[1] == 0 or rows >= out_dim:
             return False
         in_dim, rank = basis.shape
@@ -233,3 +251,4 @@ class GradientProjectionMemory:
         self.importances = {name: None if imp is None else imp.clone() for name, imp in state["importances"].items()}
         self.first_task_rule = state["first_task_rule"]
         self._projectors.clear()
+        self._takeovers.clear()
