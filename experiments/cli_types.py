@@ -1,10 +1,12 @@
-"""argparse value types shared by the command lines of ``experiments``."""
+"""argparse types and arguments shared by the command lines of the image experiments."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
+from experiments.benchmarks import get_benchmark
+from experiments.hyperparams import Hyperparams
 from experiments.strategies import check_strategy
 
 
@@ -32,3 +34,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a number above 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where data and training happen and how much of the preset runs: ``--data-root``,
+    ``--download``, ``--device``, ``--epochs``, ``--tasks``."""
+    parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
+    )
+    parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
+    parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks")
+
+
+def preset_hyperparams(args: argparse.Namespace) -> Hyperparams:
+    """The benchmark's preset with the ``--epochs`` override of :func:`add_run_arguments` applied."""
+    hyperparams = get_benchmark(args.benchmark).defaults
+    return hyperparams if args.epochs is None else hyperparams.replace(epochs=args.epochs)

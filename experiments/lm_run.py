@@ -23,7 +23,7 @@ from experiments.lm_methods import METHODS, MethodOptions, parse_methods
 from experiments.lm_models import ALIASES, CachedModelLoader
 from experiments.lm_report import write_lm_report
 from experiments.lm_runner import LMSettings, run_lm
-from experiments.cli_types import comma_list, positive_int
+from experiments.cli_types import comma_list, positive_float, positive_int
 
 #: Preset order of each benchmark when neither --order nor --tasks is given.
 DEFAULT_ORDER = {"superni": 1, "long_sequence": 3}
@@ -77,13 +77,6 @@ def _carve(text: str) -> float | int:
         return int(text)
     except ValueError:
         return float(text)
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def _methods(text: str) -> list[str]:
@@ -150,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_option(train, "--epochs", positive_int, "epochs per task")
     _protocol_option(train, "--batch-size", positive_int, "training mini-batch size")
     _protocol_option(train, "--eval-batch-size", positive_int, "prompts per generation batch")
-    _protocol_option(train, "--lr", _positive_float, "constant AdamW learning rate")
+    _protocol_option(train, "--lr", positive_float, "constant AdamW learning rate")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     train.add_argument("--rank", type=positive_int, help="LoRA rank (default 4 SuperNI, 8 Long Sequence)")
-    train.add_argument("--alpha", type=positive_int_float, default=32.0, help="LoRA alpha (default 32)")
+    train.add_argument("--alpha", type=positive_float, default=32.0, help="LoRA alpha (default 32)")
     train.add_argument(
         "--target-modules", type=comma_list(str), help="adapted layers (default peft's for the model: q and v)"
     )

@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Sequence
 
 from avalanche_gpm.distributed import DistributedHelper, shutdown_distributed
-from experiments.benchmarks import BENCHMARKS, get_benchmark
-from experiments.cli_types import comma_list, positive_int, strategy_name
+from experiments.benchmarks import BENCHMARKS
+from experiments.cli_types import add_run_arguments, comma_list, preset_hyperparams, strategy_name
 from experiments.report import write_report
 from experiments.runner import run
 from experiments.strategies import STRATEGIES
@@ -43,13 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--seeds", type=comma_list(int), nargs="+", default=[[0]], help="seeds, e.g. '0 1 2' or 0,1,2 (default 0)"
     )
     parser.add_argument("--out", help="output folder (default results/<benchmark>)")
-    parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
-    parser.add_argument(
-        "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
-    )
-    parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
-    parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks (smoke runs)")
+    add_run_arguments(parser)
     parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
     parser.add_argument(
         "--distributed",
@@ -75,9 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cuda = args.device.startswith("cuda")
         if not DistributedHelper.init_distributed(args.seeds[0], backend="nccl" if cuda else "gloo", use_cuda=cuda):
             raise SystemExit("--distributed needs a torchrun launch (LOCAL_RANK is not set)")
-    hyperparams = get_benchmark(args.benchmark).defaults
-    if args.epochs is not None:
-        hyperparams = hyperparams.replace(epochs=args.epochs)
+    hyperparams = preset_hyperparams(args)
     for seed in args.seeds:
         for strategy in args.strategies:
             run(

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from experiments.benchmarks import BENCHMARKS, get_benchmark
+from experiments.cli_types import add_run_arguments, comma_list, preset_hyperparams, strategy_name
 from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
-from experiments.cli_types import comma_list, positive_int, strategy_name
 from experiments.runner import run
 from experiments.strategies import build_strategy
 from experiments.tables import markdown_table, summarise, write_csv
@@ -212,13 +212,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="an option and its values, e.g. ewc_lambda=10,100,1000 (repeat for more options: every "
         "combination runs; one value fixes an option)",
     )
-    parser.add_argument("--seeds", type=comma_list(int), nargs="+", default=[[1]], help="(default 1: keep seed 0 for the test runs)")
+    parser.add_argument(
+        "--seeds", type=comma_list(int), nargs="+", default=[[1]], help="(default 1: seed 0 is kept for the test runs)"
+    )
     parser.add_argument("--out", required=True, help="folder of the records and the ranking")
-    parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
-    parser.add_argument("--download", action="store_true", help="let torchvision download missing data")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
-    parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     args.seeds = [seed for group in args.seeds for seed in group]
     return args
@@ -230,9 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     :param argv: arguments (default ``sys.argv[1:]``).
     """
     args = parse_args(argv)
-    hyperparams = get_benchmark(args.benchmark).defaults
-    if args.epochs is not None:
-        hyperparams = hyperparams.replace(epochs=args.epochs)
+    hyperparams = preset_hyperparams(args)
     try:
         points = grid_points(args.grid)
     except ValueError as error:

@@ -340,6 +340,9 @@ def test_cli_defaults_are_the_cpu_protocol():
         ["--order", "3"],
         ["--tasks", "samsum,nonsense"],
         ["--num-tasks", "16"],
+        ["--alpha", "0"],
+        ["--lr", "-1e-4"],
+        ["--rank", "0"],
     ],
 )
 def test_cli_rejects_bad_arguments(argv, capsys):
