@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from torch import Tensor, nn

@@ -12,7 +12,6 @@ from avalanche_gainlora.data import (
     InstructionExample,
     decode_references,
     encode_references,
-    instruction_benchmark,
     instruction_dataset,
 )
 from avalanche_gainlora.generation_metrics import generation_metrics
