@@ -47,13 +47,28 @@ class BranchWeights:
         self.values: Tensor | None = None
 
 
+def _side_by_side(frozen_cache: ParameterCache, weights: list[Tensor], dim: int) -> Tensor:
+    """``torch.cat(weights, dim)`` where the leading weights that need no gradient are put side by
+    side once and kept in ``frozen_cache``.
+
+    In training only the newest branch changes: concatenating every branch at every step would
+    copy the frozen ones again and, in the backward pass, split the gradient into one slice per
+    branch; here the step concatenates two pieces, whatever the number of branches.
+    """
+    needs_grad = torch.is_grad_enabled()
+    split = next((i for i, w in enumerate(weights) if needs_grad and w.requires_grad), len(weights))
+    frozen = [frozen_cache.get(weights[:split], lambda: torch.cat(weights[:split], dim))] if split else []
+    pieces = frozen + list(weights[split:])
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
+
+
 class GatedLoraLinear(PeftLoraLinear):
     """peft's LoRA linear layer whose branches are added with per-sample weights.
 
     All branches run as two matrix products over the concatenated ``A`` and ``B`` matrices, so
-    the cost grows with the total rank, not with a Python loop over branches. The concatenations
-    are kept while no branch changes (evaluation, generation), so a decoding step does not copy
-    every branch again. Dropout is the one of the newest branch, applied once to the input shared
+    the cost grows with the total rank, not with a Python loop over branches. The concatenation
+    of the frozen branches is kept while they do not change, so neither a decoding step nor a
+    training step of the newest branch copies every branch again. Dropout is the one of the newest branch, applied once to the input shared
     by all branches.
     """
 
@@ -80,8 +95,8 @@ class GatedLoraLinear(PeftLoraLinear):
                 "gated LoRA branches cannot be merged into the base weights (their weights depend on the "
                 "input); call unmerge_adapter() first"
             )
-        down = self._down.get(downs, lambda: torch.cat(downs))
-        up = self._up.get(ups, lambda: torch.cat(ups, dim=1))
+        down = _side_by_side(self._down, downs, dim=0)
+        up = _side_by_side(self._up, ups, dim=1)
         hidden = self.lora_dropout[names[-1]](x.to(down.dtype)) @ down.T
         hidden = hidden * self._hidden_scales(names, hidden)
         return (result + hidden @ up.T).to(result.dtype)

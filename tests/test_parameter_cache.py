@@ -2,7 +2,7 @@
 
 import torch
 
-from avalanche_gainlora.branches import LoraBranches
+from avalanche_gainlora.branches import LoraBranches, _side_by_side
 from avalanche_gainlora.gates import GateBank, TaskGate
 from avalanche_gainlora.parameter_cache import ParameterCache
 from tests.lm_fixtures import tiny_llama
@@ -58,3 +58,19 @@ def test_cached_branches_follow_a_changed_branch():
         assert torch.equal(model(input_ids=ids).logits, before)  # served from the cache
         next(iter(branches.layers().values())).lora_B[branches.names[0]].weight.zero_()
         assert not torch.allclose(model(input_ids=ids).logits, before)
+
+
+def test_training_concatenates_the_frozen_branches_once():
+    torch.manual_seed(0)
+    frozen = [torch.randn(2, 3) for _ in range(4)]
+    newest = torch.nn.Parameter(torch.randn(2, 3))
+    cache = ParameterCache()
+    first = _side_by_side(cache, [*frozen, newest], dim=0)
+    assert torch.equal(first, torch.cat([*frozen, newest.detach()]))
+    kept = cache._value
+    second = _side_by_side(cache, [*frozen, newest], dim=0)
+    assert cache._value is kept, "the frozen part is built once"
+    (second * torch.arange(30.0).view(10, 3)).sum().backward()
+    assert torch.equal(newest.grad, torch.arange(30.0).view(10, 3)[8:10]), "the newest branch gets its own slice"
+    with torch.no_grad():
+        assert torch.equal(_side_by_side(ParameterCache(), [*frozen, newest], dim=1), torch.cat([*frozen, newest], 1))
