@@ -167,7 +167,8 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
     """Rank every validation record of ``strategy`` in ``out_dir`` by its options' mean ACC.
 
     Points are told apart by the options that differ between the records, so the table shows only
-    what was tuned (all options when the folder holds a single point).
+    what was tuned (all options when the folder holds a single point); an option a point left to
+    the strategy's default shows as ``default``.
 
     :return: the markdown written to ``tuning.md`` (``tuning.csv`` holds the same rows).
     :raises ValueError: when the folder holds no validation record of the strategy.
@@ -183,7 +184,7 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
     shown = [name for name in names if len({json.dumps(o.get(name)) for o in options}) > 1] or names
     by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record, option in zip(records, options):
-        by_point[point_label({name: option.get(name) for name in shown})].append(record)
+        by_point[point_label({name: option.get(name, "default") for name in shown})].append(record)
     summaries = summarise(by_point)
     config = records[0]["config"]
     title = (
