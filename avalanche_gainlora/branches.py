@@ -68,8 +68,8 @@ class GatedLoraLinear(PeftLoraLinear):
     All branches run as two matrix products over the concatenated ``A`` and ``B`` matrices, so
     the cost grows with the total rank, not with a Python loop over branches. The concatenation
     of the frozen branches is kept while they do not change, so neither a decoding step nor a
-    training step of the newest branch copies every branch again. Dropout is the one of the newest branch, applied once to the input shared
-    by all branches.
+    training step of the newest branch copies every branch again. Dropout is the one of the
+    newest branch, applied once to the input shared by all branches.
     """
 
     branch_names: Sequence[str] = ()
@@ -118,7 +118,9 @@ class GatedLoraLinear(PeftLoraLinear):
         """Each branch's rank and ``alpha / r``, as tensors on ``hidden``'s device."""
         # Built from configuration, not parameters: the context alone says when to rebuild.
         context = (len(names), hidden.device, hidden.dtype)
-        ranks = self._ranks.get([], lambda: torch.tensor([self.r[name] for name in names], device=hidden.device), context)
+        ranks = self._ranks.get(
+            [], lambda: torch.tensor([self.r[name] for name in names], device=hidden.device), context
+        )
         scaling = self._scalings.get(
             [],
             lambda: torch.tensor([self.scaling[name] for name in names], dtype=hidden.dtype, device=hidden.device),

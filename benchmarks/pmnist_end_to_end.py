@@ -14,8 +14,9 @@ samples per layer for the memory update) and evaluate every task's test set afte
   (:func:`avalanche_gpm.subspace.grow_basis`), so the two differ only in how they train.
 
 The two sides run one after the other in one process and thread setting; wall times cover
-training and evaluation (not data loading), and the evaluation part is reported on its own. The accuracy matrices should agree within seed noise
-(the two sides draw their initial weights and batch orders from different generator states).
+training and evaluation (not data loading), and the evaluation part is reported on its own. The
+accuracy matrices should agree within seed noise (the two sides draw their initial weights and
+batch orders from different generator states).
 
     python -m benchmarks.pmnist_end_to_end --data-root ../shared/data [--tasks 10] [--epochs 5]
         [--train-size N] [--out results/benchmarks]

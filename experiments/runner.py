@@ -72,8 +72,9 @@ def run(
     """Train and evaluate one (benchmark, strategy, seed) and write its record.
 
     After each training experience the model is evaluated on the whole test stream (the validation
-    stream when tuning), which gives one row of the accuracy matrix ``A[t, j]``. A joint run is trained once on all experiences
-    and evaluated once: its matrix is that single row, its ``bwt`` is None and ``joint`` is true.
+    stream when tuning), which gives one row of the accuracy matrix ``A[t, j]``. A joint run is
+    trained once on all experiences and evaluated once: its matrix is that single row, its ``bwt``
+    is None and ``joint`` is true.
 
     :param benchmark_name: registered benchmark name.
     :param strategy_name: registered strategy name.

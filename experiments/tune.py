@@ -107,8 +107,8 @@ def check_points(strategy: str, hyperparams: Hyperparams, model: torch.nn.Module
             )
         except (TypeError, ValueError, AssertionError) as error:
             raise ValueError(
-                f"strategy {strategy!r} does not accept the options {point_label(point)} ({error or type(error).__name__}); "
-                "check the names and values against its constructor"
+                f"strategy {strategy!r} does not accept the options {point_label(point)} "
+                f"({error or type(error).__name__}); check the names and values against its constructor"
             ) from None
 
 
