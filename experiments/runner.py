@@ -29,7 +29,7 @@ from experiments.benchmarks import get_benchmark
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
-from experiments.plugins import ValidationLRSchedule
+from experiments.plugins import EpochProgress, ValidationLRSchedule
 from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
@@ -253,6 +253,8 @@ def _train_and_evaluate(
     start = time.perf_counter()
     steps = [train_stream] if joint else train_stream
     bar = tqdm(steps, desc=label, unit="run" if joint else "task", disable=not progress)
+    epochs = EpochProgress(bar, strategy.train_epochs)
+    strategy.plugins.append(epochs)
     for step in bar:
         train_start = time.perf_counter()
         strategy.train(step)
@@ -264,7 +266,8 @@ def _train_and_evaluate(
         else:
             matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream), test_stream.name))
         seen = matrix[-1] if joint else matrix[-1][: len(matrix)]
-        bar.set_postfix(acc_seen=f"{sum(seen) / len(seen):.3f}")
+        epochs.show(acc_seen=f"{sum(seen) / len(seen):.3f}")
+    strategy.plugins.remove(epochs)
     return matrix, time.perf_counter() - start, train_time
 
 

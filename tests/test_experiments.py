@@ -222,4 +222,7 @@ def test_report_averages_seeds(sweep_dir, tmp_path):
 def test_cli_runs_and_reports(tmp_path, capsys):
     cli_main(["--strategies", "naive", "--seeds", "3", "--epochs", "1", "--tasks", "2", "--out", str(tmp_path)])
     assert result_path(tmp_path, "naive", 3).exists() and (tmp_path / "summary.md").exists()
-    assert "| naive |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| naive |" in captured.out
+    # The bar shows the epoch in training and, after each task, the accuracy on the tasks seen.
+    assert "epoch=1/1" in captured.err and "acc_seen=" in captured.err
