@@ -143,6 +143,8 @@ def tune(
     """
     spec = get_benchmark(benchmark)
     hyperparams = spec.defaults if hyperparams is None else hyperparams
+    protocol = _protocol({"benchmark": benchmark, "num_tasks": num_tasks, "hyperparams": hyperparams.to_dict(strategy)})
+    _check_one_protocol(out_dir, strategy, {protocol} | _recorded_protocols(out_dir, strategy))
     check_points(strategy, hyperparams, spec.model(), points)
     for seed in seeds:
         for point in points:
@@ -174,10 +176,10 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
     :raises ValueError: when the folder holds no validation record of the strategy.
     """
     out = Path(out_dir)
-    records = [json.loads(path.read_text()) for path in sorted(out.glob(f"{strategy}_*_seed*.json"))]
-    records = [r for r in records if r["config"].get("eval_stream") == "valid" and r["config"]["strategy"] == strategy]
+    records = _validation_records(out, strategy)
     if not records:
         raise ValueError(f"{out} holds no validation record of {strategy!r}: run experiments.tune first")
+    _check_one_protocol(out, strategy, _recorded_protocols(out, strategy))
     options = [r["config"]["hyperparams"]["options"] for r in records]
     names = sorted(set().union(*options))
     # With a single point there is nothing to tell apart: show all its options.
@@ -195,6 +197,35 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
     (out / "tuning.md").write_text(markdown)
     write_csv(summaries, out / "tuning.csv", names=("options", "val_acc", "val_bwt"))
     return markdown
+
+
+def _validation_records(out_dir: str | os.PathLike, strategy: str) -> list[dict[str, Any]]:
+    """The validation records of ``strategy`` in ``out_dir``, in file-name order."""
+    paths = sorted(Path(out_dir).glob(f"{strategy}_*_seed*.json"))
+    records = [json.loads(path.read_text()) for path in paths]
+    return [r for r in records if r["config"].get("eval_stream") == "valid" and r["config"]["strategy"] == strategy]
+
+
+def _protocol(config: Mapping[str, Any]) -> str:
+    """What two records must share to be ranked together: everything but the options and the seed."""
+    fixed = {name: value for name, value in config["hyperparams"].items() if name != "options"}
+    return json.dumps({"benchmark": config["benchmark"], "num_tasks": config["num_tasks"], **fixed}, sort_keys=True)
+
+
+def _recorded_protocols(out_dir: str | os.PathLike, strategy: str) -> set[str]:
+    return {_protocol(record["config"]) for record in _validation_records(out_dir, strategy)}
+
+
+def _check_one_protocol(out_dir: str | os.PathLike, strategy: str, protocols: set[str]) -> None:
+    """Refuse to rank points trained under different protocols (e.g. 1 and 5 epochs) in one table.
+
+    :raises ValueError: listing the protocols found.
+    """
+    if len(protocols) > 1:
+        raise ValueError(
+            f"{out_dir} would mix {strategy} records of different protocols: {'; '.join(sorted(protocols))}; "
+            "tune each protocol into its own folder"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

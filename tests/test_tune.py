@@ -13,7 +13,7 @@ from experiments.benchmarks import BenchmarkSpec
 from experiments.benchmarks.image_data import TaskSplits, make_benchmark
 from experiments.hyperparams import Hyperparams
 from experiments.runner import result_path, run
-from experiments.tune import grid_points, main as tune_main, parse_grid_axis, point_record_name, tune
+from experiments.tune import grid_points, main as tune_main, parse_grid_axis, point_record_name, tune, write_tuning_report
 
 FEATURES, CLASSES = 8, 3
 
@@ -87,6 +87,20 @@ def test_tune_refuses_bad_options_before_training(blobs, tmp_path):
     with pytest.raises(ValueError, match="decay_factor"):
         tune(blobs, "ewc", [{"mode": "online"}], [1], tmp_path, progress=False)
     assert not list(tmp_path.iterdir()), "nothing may run when one point is invalid"
+
+
+def test_tune_refuses_to_mix_protocols_in_one_folder(blobs, tmp_path):
+    tune(blobs, "ewc", [{"ewc_lambda": 1.0}], [1], tmp_path, num_tasks=1, progress=False)
+    with pytest.raises(ValueError, match="different protocols.*own folder"):
+        tune(blobs, "ewc", [{"ewc_lambda": 2.0}], [1], tmp_path, num_tasks=2, progress=False)
+    assert len(list(tmp_path.glob("*.json"))) == 1, "the refused grid must not train"
+    # A record of another protocol copied in by hand is refused by the report too.
+    record_path = next(tmp_path.glob("*.json"))
+    record = json.loads(record_path.read_text())
+    record["config"]["hyperparams"]["epochs"] = 5
+    record_path.with_name("ewc_ewc_lambda-9_seed1.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="different protocols"):
+        write_tuning_report(tmp_path, "ewc")
 
 
 def test_tuning_needs_a_validation_stream(tmp_path):
