@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from experiments.plots import plot_acc_bwt, plot_accuracy_matrices, plot_gpm_memory, plot_task_curves
-from experiments.tables import markdown_table, summarise, write_csv
+from experiments.tables import divergence_note, markdown_table, summarise, write_csv
 
 RECORD_PATTERN = "*_seed*.json"
 
@@ -121,6 +121,7 @@ def write_report(out_dir: str | os.PathLike) -> str:
             *joint_note,
             markdown_table(summaries),
             "",
+            *divergence_note(groups),
         ]
     )
     (out / "summary.md").write_text(markdown)

@@ -29,7 +29,7 @@ from experiments.benchmarks import get_benchmark
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
-from experiments.plugins import EpochProgress, ValidationLRSchedule
+from experiments.plugins import DivergenceMonitor, EpochProgress, ValidationLRSchedule
 from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
@@ -72,7 +72,8 @@ def run(
     """Train and evaluate one (benchmark, strategy, seed) and write its record.
 
     After each training experience the model is evaluated on the whole test stream (the validation
-    stream when tuning), which gives one row of the accuracy matrix ``A[t, j]``. A joint run is
+    stream when tuning), which gives one row of the accuracy matrix ``A[t, j]``. Experiences whose
+    training loss became NaN or infinite are listed in ``diverged_experiences`` (and warned about). A joint run is
     trained once on all experiences and evaluated once: its matrix is that single row, its ``bwt``
     is None and ``joint`` is true.
 
@@ -136,6 +137,7 @@ def run(
             raise ValueError(f"num_tasks must be in 1..{len(train_stream)} for {benchmark_name}, got {num_tasks}")
         train_stream, evaluated = train_stream[:num_tasks], evaluated[:num_tasks]
     torch_device = torch.device(device)
+    divergence = DivergenceMonitor()
     strategy = build_strategy(
         strategy_name,
         model=spec.model(),
@@ -143,7 +145,7 @@ def run(
         hyperparams=hyperparams.replace(batch_size=hyperparams.batch_size // world_size),
         evaluator=quiet_evaluator(),
         device=torch_device,
-        plugins=_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)),
+        plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), divergence],
     )
     wrap_for_ddp(strategy)
 
@@ -166,6 +168,7 @@ def run(
         "train_time_s": train_time,
         "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
         "gpm_usage_history": None if gpm is None else gpm.usage_history,
+        "diverged_experiences": divergence.diverged,
         "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -87,6 +87,23 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def divergence_note(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Markdown lines naming the runs whose training diverged (their scores are in the table's means).
+
+    :param groups: run records by the name shown in the table (strategy, or a tuning point).
+    :return: the note and a blank line, or no line when no run diverged.
+    """
+    runs = [
+        f"{name} seed {run['config']['seed']} on experience(s) {', '.join(map(str, run['diverged_experiences']))}"
+        for name, group in groups.items()
+        for run in group
+        if run.get("diverged_experiences")  # absent from records written before it was checked
+    ]
+    if not runs:
+        return []
+    return [f"Diverged (training loss NaN or infinite; experiences counted from 0): {'; '.join(runs)}.", ""]
+
+
 def write_csv(
     summaries: Sequence[StrategySummary], path: str | os.PathLike, *, names: Sequence[str] = ("strategy", "acc", "bwt")
 ) -> None:

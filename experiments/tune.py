@@ -33,7 +33,7 @@ from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.runner import run
 from experiments.strategies import build_strategy
-from experiments.tables import markdown_table, summarise, write_csv
+from experiments.tables import divergence_note, markdown_table, summarise, write_csv
 
 #: Options of one grid point, by name.
 Point = dict[str, Any]
@@ -193,7 +193,8 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
         f"{strategy} on {config['benchmark']}, validation split, "
         f"{config['hyperparams']['epochs']} epoch(s) per task, tasks: {config['num_tasks'] or 'all'}"
     )
-    markdown = f"{title}\n\n" + markdown_table(summaries, headers=("options", "val ACC (%)", "val BWT (%)")) + "\n"
+    table = markdown_table(summaries, headers=("options", "val ACC (%)", "val BWT (%)"))
+    markdown = "\n".join([title, "", table, "", *divergence_note(by_point)])
     (out / "tuning.md").write_text(markdown)
     write_csv(summaries, out / "tuning.csv", names=("options", "val_acc", "val_bwt"))
     return markdown

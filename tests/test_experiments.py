@@ -158,6 +158,7 @@ def test_runner_writes_a_record(sweep_dir, strategy):
     assert record["config"]["hyperparams"]["epochs"] == 1
     assert record["wall_time_s"] >= record["train_time_s"] > 0
     assert record["peak_memory"]["max_rss_mib"] > 0
+    assert record["diverged_experiences"] == []
     assert set(record["environment"]["packages"]) >= {"torch", "avalanche-lib", "avalanche-gpm-gainlora"}
     history = record["gpm_usage_history"]
     if strategy == "gpm":
@@ -186,6 +187,17 @@ def test_runner_is_seeded(sweep_dir, tmp_path):
     again = run("permuted_digits", "naive", 0, tmp_path, hyperparams=tiny_hyperparams(), **TINY)
     first = json.loads(result_path(sweep_dir, "naive", 0).read_text())
     assert again["accuracy_matrix"] == first["accuracy_matrix"]
+
+
+def test_runner_records_and_reports_a_diverged_experience(tmp_path):
+    # lr 1e6 drives the MLP's logits to overflow within the first epoch.
+    exploding = tiny_hyperparams().replace(lr=1e6)
+    with pytest.warns(RuntimeWarning, match="training diverged on experience"):
+        record = run("permuted_digits", "naive", 0, tmp_path, hyperparams=exploding, **TINY)
+    assert record["diverged_experiences"] == [0, 1]
+    assert "Diverged (training loss NaN or infinite; experiences counted from 0): naive seed 0 on experience(s) 0, 1." in (
+        write_report(tmp_path)
+    )
 
 
 # -- report and CLI ----------------------------------------------------------------------------

@@ -62,9 +62,10 @@ def test_grid_axes_and_points():
 
 
 def test_tune_scores_every_point_on_validation_and_ranks_them(blobs, tmp_path):
-    points = [{"ewc_lambda": 0.1}, {"ewc_lambda": 1e6}]
-    markdown = tune(blobs, "ewc", points, [1], tmp_path, progress=False)
-    accs = {}
+    points = [{"ewc_lambda": 0.1}, {"ewc_lambda": 1e4}]
+    with pytest.warns(RuntimeWarning, match="training diverged on experience 1"):
+        markdown = tune(blobs, "ewc", points, [1], tmp_path, progress=False)
+    accs, diverged = {}, {}
     for point in points:
         record = json.loads(result_path(tmp_path, point_record_name("ewc", point), 1).read_text())
         assert record["config"]["eval_stream"] == "valid"
@@ -73,10 +74,12 @@ def test_tune_scores_every_point_on_validation_and_ranks_them(blobs, tmp_path):
         # Shuffled test labels would give about 1/3: these are validation accuracies.
         assert matrix[0][0] > 0.9
         accs[point["ewc_lambda"]] = record["acc"]
-    # A huge lambda pins the weights of task 1, so task 2 is learnt worse than with a small one.
-    assert accs[0.1] > accs[1e6]
+        diverged[point["ewc_lambda"]] = record["diverged_experiences"]
+    # SGD at lr 0.1 cannot integrate a penalty of weight 1e4: task 2 diverges, and the point ranks last.
+    assert diverged == {0.1: [], 1e4: [1]} and accs[0.1] > accs[1e4]
     rows = [line for line in markdown.splitlines() if line.startswith("| ewc_lambda=")]
-    assert [row.split(" |")[0] for row in rows] == ["| ewc_lambda=0.1", "| ewc_lambda=1000000.0"]
+    assert [row.split(" |")[0] for row in rows] == ["| ewc_lambda=0.1", "| ewc_lambda=10000.0"]
+    assert "Diverged (training loss NaN or infinite; experiences counted from 0): ewc_lambda=10000.0 seed 1 on experience(s) 1." in markdown
     assert (tmp_path / "tuning.md").read_text() == markdown
     assert (tmp_path / "tuning.csv").read_text().startswith("options,val_acc_mean,")
 

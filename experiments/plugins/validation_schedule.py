@@ -12,6 +12,7 @@ applies it to an Avalanche strategy.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from enum import Enum
 
@@ -175,6 +176,13 @@ class ValidationLRSchedule(SupervisedPlugin):
             strategy.stop_training()
 
     def after_training_exp(self, strategy, **kwargs):
+        if math.isinf(self.tracker.best_loss):
+            warnings.warn(
+                f"no epoch of experience {strategy.experience.current_experience} had a finite validation loss: "
+                "the weights from before the experience are restored, so it was not learnt (training diverged?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         strategy.model.load_state_dict(self._best_state)
         for group, lr in zip(strategy.optimizer.param_groups, self._initial_lrs):
             group["lr"] = lr
