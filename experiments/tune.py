@@ -144,7 +144,7 @@ def tune(
     spec = get_benchmark(benchmark)
     hyperparams = spec.defaults if hyperparams is None else hyperparams
     protocol = _protocol({"benchmark": benchmark, "num_tasks": num_tasks, "hyperparams": hyperparams.to_dict(strategy)})
-    _check_one_protocol(out_dir, strategy, {protocol} | _recorded_protocols(out_dir, strategy))
+    _check_one_protocol(out_dir, strategy, {protocol} | _protocols(_validation_records(out_dir, strategy)))
     check_points(strategy, hyperparams, spec.model(), points)
     for seed in seeds:
         for point in points:
@@ -179,7 +179,7 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
     records = _validation_records(out, strategy)
     if not records:
         raise ValueError(f"{out} holds no validation record of {strategy!r}: run experiments.tune first")
-    _check_one_protocol(out, strategy, _recorded_protocols(out, strategy))
+    _check_one_protocol(out, strategy, _protocols(records))
     options = [r["config"]["hyperparams"]["options"] for r in records]
     names = sorted(set().union(*options))
     # With a single point there is nothing to tell apart: show all its options.
@@ -213,8 +213,8 @@ def _protocol(config: Mapping[str, Any]) -> str:
     return json.dumps({"benchmark": config["benchmark"], "num_tasks": config["num_tasks"], **fixed}, sort_keys=True)
 
 
-def _recorded_protocols(out_dir: str | os.PathLike, strategy: str) -> set[str]:
-    return {_protocol(record["config"]) for record in _validation_records(out_dir, strategy)}
+def _protocols(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {_protocol(record["config"]) for record in records}
 
 
 def _check_one_protocol(out_dir: str | os.PathLike, strategy: str, protocols: set[str]) -> None:

@@ -181,7 +181,6 @@ class ValidationLRSchedule(SupervisedPlugin):
                 f"no epoch of experience {strategy.experience.current_experience} had a finite validation loss: "
                 "the weights from before the experience are restored, so it was not learnt (training diverged?)",
                 RuntimeWarning,
-                stacklevel=2,
             )
         strategy.model.load_state_dict(self._best_state)
         for group, lr in zip(strategy.optimizer.param_groups, self._initial_lrs):
