@@ -79,7 +79,8 @@ def run(
 
     :param benchmark_name: registered benchmark name.
     :param strategy_name: registered strategy name.
-    :param seed: seeds torch, numpy and random, the benchmark and the model initialisation.
+    :param seed: seeds torch, numpy and random, the benchmark, the model initialisation and GPM's
+        memory samples.
     :param out_dir: folder of the JSON record (created if needed).
     :param hyperparams: the protocol; default the benchmark's preset.
     :param num_tasks: train and evaluate on the first ``num_tasks`` experiences only (smoke runs);
@@ -146,6 +147,7 @@ def run(
         evaluator=quiet_evaluator(),
         device=torch_device,
         plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), divergence],
+        seed=seed,
     )
     wrap_for_ddp(strategy)
 

@@ -64,6 +64,7 @@ def build_strategy(
     evaluator: EvaluationPlugin,
     device: str | torch.device,
     plugins: list[SupervisedPlugin] | None = None,
+    seed: int = 0,
 ) -> SupervisedTemplate:
     """Build a strategy that trains ``model`` with plain SGD under the given preset.
 
@@ -73,8 +74,14 @@ def build_strategy(
     :param evaluator: the evaluation plugin collecting the metrics.
     :param device: where to train.
     :param plugins: further plugins, run before the strategy's own (e.g. before GPM's memory update).
+    :param seed: the run's seed; GPM and SGP draw their memory samples with it (unless the preset
+        sets their ``seed``), so that seeds differ in those samples too. The other strategies draw
+        from the global generators, which the runner seeds.
     """
     check_strategy(name)
+    options = hyperparams.options(name)
+    if STRATEGIES[name] is GPM:
+        options.setdefault("seed", seed)
     return STRATEGIES[name](
         model=model,
         # The paper's protocol: SGD without momentum or weight decay, the same for every method.
@@ -86,5 +93,5 @@ def build_strategy(
         device=device,
         evaluator=evaluator,
         plugins=plugins,
-        **hyperparams.options(name),
+        **options,
     )

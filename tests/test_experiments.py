@@ -116,6 +116,18 @@ def test_unknown_names_list_the_valid_ones():
         parse_args(["--strategies", "gpm,foo"])
 
 
+@pytest.mark.parametrize("strategy", ["gpm", "sgp"])
+def test_projection_methods_draw_their_memory_samples_with_the_run_seed(strategy):
+    def seed_of(hyperparams: Hyperparams, seed: int) -> int:
+        model = BENCHMARKS["permuted_digits"].model()
+        built = build_strategy(strategy, model=model, hyperparams=hyperparams, evaluator=None, device="cpu", seed=seed)
+        return built.gpm.seed
+
+    assert seed_of(tiny_hyperparams(), 2) == 2
+    # A seed set in the preset wins over the run's.
+    assert seed_of(tiny_hyperparams().with_options(strategy, {"seed": 7}), 2) == 7
+
+
 def test_hyperparams_record_schedules_by_type():
     schedule = {"gpm": {"threshold": LinearSchedule(0.97, 0.003)}}
     hp = Hyperparams(lr=0.01, batch_size=64, epochs=1, strategy_options=schedule)
