@@ -45,8 +45,8 @@ def positive_float(text: str) -> float:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where data and training happen and how much of the preset runs: ``--data-root``,
-    ``--download``, ``--device``, ``--epochs``, ``--tasks``."""
+    """Where data and training happen, how much of the preset runs, and whether existing records are
+    rerun: ``--data-root``, ``--download``, ``--device``, ``--epochs``, ``--tasks``, ``--force``."""
     parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
     parser.add_argument(
         "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
@@ -54,6 +54,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
     parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks")
+    parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
 
 
 def preset_hyperparams(args: argparse.Namespace) -> Hyperparams:

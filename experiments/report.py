@@ -37,10 +37,12 @@ def load_records(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def group_by_strategy(
     records: Sequence[Mapping[str, Any]], *, key: str = "strategy"
 ) -> dict[str, list[Mapping[str, Any]]]:
-    """Records grouped by strategy; all must come from one benchmark.
+    """Records grouped by strategy; all must come from one benchmark, and the runs of one strategy
+    may differ only in their seed (their mean over seeds would otherwise mix protocols).
 
     :param records: run records.
     :param key: the field of ``record["config"]`` that names the strategy (e.g. ``"method"``).
+    :raises ValueError: naming the benchmarks, or the strategy and the configuration fields that differ.
     """
     benchmarks = {record["config"]["benchmark"] for record in records}
     if len(benchmarks) > 1:
@@ -48,7 +50,32 @@ def group_by_strategy(
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
         groups[record["config"][key]].append(record)
+    for name, runs in groups.items():
+        differing = _differing_fields([run["config"] for run in runs], ignore=("seed",))
+        if differing:
+            raise ValueError(
+                f"the {name} records differ in {', '.join(differing)}, not only in their seed; "
+                "a mean over them would mix settings: keep each setting in its own folder"
+            )
     return dict(groups)
+
+
+def _differing_fields(configs: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted names of the fields whose values are not the same in every configuration."""
+    flat = [_flatten(config) for config in configs]
+    names = set().union(*flat) - set(ignore)
+    return sorted(name for name in names if len({json.dumps(f.get(name), sort_keys=True) for f in flat}) > 1)
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for name, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
 
 
 def mean_matrix(runs: Sequence[Mapping[str, Any]], field: str = "accuracy_matrix") -> np.ndarray:
@@ -96,7 +123,13 @@ def write_report(out_dir: str | os.PathLike) -> str:
     :return: the markdown summary.
     """
     out = Path(out_dir)
-    groups = group_by_strategy(load_records(out))
+    records = load_records(out)
+    if any(record["config"].get("eval_stream", "test") != "test" for record in records):
+        raise ValueError(
+            f"{out} holds validation records of `experiments.tune`, not test runs; "
+            "the tuning.md that experiments.tune writes beside them ranks them"
+        )
+    groups = group_by_strategy(records)
     summaries = summarise(groups)
     order = [s.strategy for s in summaries]
     matrices = {name: mean_matrix(groups[name]) for name in order}

@@ -44,7 +44,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="output folder (default results/<benchmark>)")
     add_run_arguments(parser)
-    parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
     parser.add_argument(
         "--distributed",
         action="store_true",

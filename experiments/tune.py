@@ -124,6 +124,7 @@ def tune(
     data_root: str | None = None,
     download: bool = False,
     device: str = "cpu",
+    force: bool = False,
     progress: bool = True,
 ) -> str:
     """Run every (point, seed) on the validation split, then write and return the ranking table.
@@ -138,6 +139,7 @@ def tune(
     :param data_root: folder of local data for benchmarks that need files.
     :param download: let torchvision download missing files where it can.
     :param device: training device.
+    :param force: rerun points whose records exist (e.g. made under an earlier preset) and overwrite them.
     :param progress: show progress bars.
     :return: the markdown table of every point recorded in ``out_dir``, best validation ACC first.
     """
@@ -158,6 +160,7 @@ def tune(
                 data_root=data_root,
                 download=download,
                 device=device,
+                force=force,
                 progress=progress,
                 eval_stream="valid",
                 record_name=point_record_name(strategy, point),
@@ -278,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             data_root=args.data_root,
             download=args.download,
             device=args.device,
+            force=args.force,
         )
     )
 

@@ -243,6 +243,21 @@ def test_report_averages_seeds(sweep_dir, tmp_path):
         write_report(tmp_path)
 
 
+def test_report_refuses_to_average_other_settings_or_validation_runs(sweep_dir, tmp_path):
+    record = json.loads(result_path(sweep_dir, "naive", 0).read_text())
+    result_path(tmp_path, "naive", 0).write_text(json.dumps(record))
+    record["config"]["seed"], record["config"]["hyperparams"]["epochs"] = 1, 5
+    result_path(tmp_path, "naive", 1).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="naive records differ in hyperparams.epochs, not only"):
+        write_report(tmp_path)
+
+    record["config"]["hyperparams"]["epochs"] = 1
+    record["config"]["eval_stream"] = "valid"
+    result_path(tmp_path, "naive", 1).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="validation records"):
+        write_report(tmp_path)
+
+
 def test_cli_runs_and_reports(tmp_path, capsys):
     cli_main(["--strategies", "naive", "--seeds", "3", "--epochs", "1", "--tasks", "2", "--out", str(tmp_path)])
     assert result_path(tmp_path, "naive", 3).exists() and (tmp_path / "summary.md").exists()

@@ -106,6 +106,17 @@ def test_tune_refuses_to_mix_protocols_in_one_folder(blobs, tmp_path):
         write_tuning_report(tmp_path, "ewc")
 
 
+def test_a_point_run_under_another_preset_is_refused_unless_forced(blobs, tmp_path):
+    point = {"ewc_lambda": 1.0}
+    tune(blobs, "ewc", [point], [1], tmp_path, num_tasks=1, progress=False)
+    online = benchmarks_module.BENCHMARKS[blobs].defaults.with_options("ewc", {"mode": "online", "decay_factor": 0.5})
+    with pytest.raises(ValueError, match="another configuration.*--force"):
+        tune(blobs, "ewc", [point], [1], tmp_path, hyperparams=online, num_tasks=1, progress=False)
+    tune(blobs, "ewc", [point], [1], tmp_path, hyperparams=online, num_tasks=1, force=True, progress=False)
+    record = json.loads(result_path(tmp_path, point_record_name("ewc", point), 1).read_text())
+    assert record["config"]["hyperparams"]["options"] == {"ewc_lambda": 1.0, "mode": "online", "decay_factor": 0.5}
+
+
 def test_tuning_needs_a_validation_stream(tmp_path):
     with pytest.raises(ValueError, match="no validation stream"):
         run("permuted_digits", "naive", 0, tmp_path, eval_stream="valid", progress=False)
@@ -119,6 +130,13 @@ def test_test_records_keep_their_configuration(blobs, tmp_path):
 
 
 def test_cli(blobs, tmp_path, capsys):
-    tune_main(["--benchmark", blobs, "--strategy", "ewc", "--grid", "ewc_lambda=3", "--out", str(tmp_path), "--tasks", "1"])
+    args = ["--benchmark", blobs, "--strategy", "ewc", "--grid", "ewc_lambda=3", "--out", str(tmp_path), "--tasks", "1"]
+    tune_main(args)
     out = capsys.readouterr().out
     assert "ewc on blobs, validation split, 2 epoch(s) per task, tasks: 1" in out and "| ewc_lambda=3 |" in out
+    record_path = result_path(tmp_path, point_record_name("ewc", {"ewc_lambda": 3}), 1)
+    written = record_path.stat().st_mtime_ns
+    tune_main(args)
+    assert record_path.stat().st_mtime_ns == written, "an existing point is skipped"
+    tune_main([*args, "--force"])
+    assert record_path.stat().st_mtime_ns > written, "--force reruns it"
