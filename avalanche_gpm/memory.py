@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from avalanche_gpm.projection import ProjectionForm, SubspaceProjector, cheapest_form, projection_flops
+from avalanche_gpm.projection import ProjectionForm, SubspaceProjector, available_forms, cheapest_form, projection_flops
 from avalanche_gpm.step_recorder import StepRecord
 from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, basis_strengths, grow_basis, scaled_importance
 
@@ -118,11 +118,6 @@ class GradientProjectionMemory:
     def layer_names(self) -> list[str]:
         return list(self.input_dims)
 
-    @property
-    def is_empty(self) -> bool:
-        """True before the first update: nothing is protected yet."""
-        return all(basis is None for basis in self.bases.values())
-
     def update(self, grams: Mapping[str, Tensor], thresholds: Mapping[str, float]) -> None:
         """Grow every layer's basis from the Gram matrix of its inputs on a finished task.
 
@@ -184,16 +179,19 @@ class GradientProjectionMemory:
         known = self._takeovers.get(key)
         if known is not None and known[0] is basis:
             return known[1]
-        decision = self._saves_enough(basis, rows, out_dim)
+        decision = self._saves_enough(name, rows, out_dim)
         self._takeovers[key] = (basis, decision)
         return decision
 
-    @staticmethod
-    def _saves_enough(basis: Tensor | None, rows: int, out_dim: int) -> bool:
+    def _saves_enough(self, name: str, rows: int, out_dim: int) -> bool:
+        basis = self.bases[name]
         if basis is None or basis.shape[1] == 0 or rows >= out_dim:
             return False
         in_dim, rank = basis.shape
-        per_row = projection_flops(cheapest_form(out_dim, in_dim, rank), 1, in_dim, rank)
+        # Priced with the form the layer's projector will use for the gradient.
+        scaled = self.importances[name] is not None
+        form = self.projection_form or cheapest_form(out_dim, in_dim, rank, available_forms(scaled))
+        per_row = projection_flops(form, 1, in_dim, rank)
         return (out_dim - rows) * per_row > TAKEOVER_COST_FLOPS
 
     @torch.no_grad()

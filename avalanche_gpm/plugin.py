@@ -186,6 +186,9 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         if self._selection is None:
             self._warn_about(selection)
         self._selection = selection
+        # Settings that do not fit the model would otherwise fail only after the experience trained.
+        resolve_thresholds(self.threshold, self.experiences_learned, self.memory.layer_names)
+        resolve_num_samples(self.num_samples, self.memory.layer_names)
 
     def _new_memory(self, input_dims: Mapping[str, int]) -> GradientProjectionMemory:
         return GradientProjectionMemory(input_dims, self.first_task_rule, self.projection_form, self.sgp_alpha)

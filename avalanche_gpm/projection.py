@@ -48,6 +48,11 @@ def cheapest_form(
     return min(forms, key=lambda form: projection_flops(form, out_dim, in_dim, rank))
 
 
+def available_forms(scaled: bool) -> tuple[ProjectionForm, ...]:
+    """The forms that can apply a projection; SGP's scaled projection has no complement form."""
+    return ("dense", "basis") if scaled else ("dense", "basis", "complement")
+
+
 class SubspaceProjector:
     """Projects ``(out, in)`` matrices onto the orthogonal complement of a stored basis.
 
@@ -68,8 +73,7 @@ class SubspaceProjector:
         self.rank = rank
         if scales is not None and form == "complement":
             raise ValueError("the complement form cannot apply a scaled (SGP) projection; use 'dense' or 'basis'")
-        allowed = ("dense", "basis") if scales is not None else ("dense", "basis", "complement")
-        self.form: ProjectionForm = form or cheapest_form(out_dim, in_dim, rank, allowed)
+        self.form: ProjectionForm = form or cheapest_form(out_dim, in_dim, rank, available_forms(scales is not None))
         scaled = basis if scales is None else basis * scales.to(basis)
         if self.form == "dense":
             self.operator = torch.eye(in_dim, dtype=basis.dtype, device=basis.device) - scaled @ basis.T

@@ -87,12 +87,10 @@ def select_layers(
             "layers outside the task heads; check `modules` and `exclude`"
         )
 
-    norms = {
-        name: m
-        for name, m in named.items()
-        if isinstance(m, NORM_TYPES) and not _inside(name, excluded) and any(True for _ in m.parameters(False))
-    }
-    running_stats = [name for name, m in norms.items() if getattr(m, "track_running_stats", False)]
+    all_norms = {name: m for name, m in named.items() if isinstance(m, NORM_TYPES) and not _inside(name, excluded)}
+    norms = {name: m for name, m in all_norms.items() if any(True for _ in m.parameters(False))}
+    # Statistics drift whether or not the layer has affine parameters.
+    running_stats = [name for name, m in all_norms.items() if getattr(m, "track_running_stats", False)]
     covered = [*protected, *norms, *excluded]
     unprotected = [
         name for name, p in model.named_parameters() if p.requires_grad and not _inside(name.rpartition(".")[0], covered)

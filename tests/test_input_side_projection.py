@@ -169,3 +169,15 @@ def test_a_call_that_raises_leaves_the_parameters_trainable():
         layer(torch.randn(3, 5))  # wrong input width
     recorder.finish_step()
     assert layer.weight.requires_grad and layer.bias.requires_grad
+
+
+def test_sgp_prices_a_takeover_with_the_forms_it_can_use(monkeypatch):
+    # Near-full rank: GPM projects through the thin complement, which SGP's scaled projection cannot use.
+    r = torch.randn(100, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gpm, sgp = GradientProjectionMemory({"fc": 100}), GradientProjectionMemory({"fc": 100}, sgp_alpha=10.0)
+    for memory in (gpm, sgp):
+        memory.update({"fc": r @ r.T}, {"fc": 0.9999})
+    assert gpm.bases["fc"].shape[1] >= 95
+    monkeypatch.setattr(memory_module, "TAKEOVER_COST_FLOPS", 1e5)
+    assert not gpm.projects_inputs("fc", 10, 100), "the complement form is too cheap to be worth a takeover"
+    assert sgp.projects_inputs("fc", 10, 100), "SGP's dense form costs enough to take the call over"

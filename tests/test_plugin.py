@@ -191,6 +191,22 @@ def test_threshold_outside_unit_interval_is_rejected(threshold):
         GPMPlugin(threshold)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"threshold": [0.9, 0.95, 0.99]}, "threshold has 3 values but 2 layers"),
+        ({"threshold": {"0": 0.9, "fc2": 0.9}}, r"threshold mapping must name every protected layer.*\['fc2'\]"),
+        ({"num_samples": [10]}, "num_samples has 1 values but 2 layers"),
+    ],
+)
+def test_per_layer_settings_that_do_not_fit_the_model_fail_before_training(options, message):
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=message):
+        train_one(model, **options)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items()), "nothing trained"
+
+
 def train_one(model, optimizer=None, **kwargs):
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
     strategy = GPM(model=model, optimizer=optimizer, train_mb_size=10, evaluator=quiet_evaluator(), **kwargs)
@@ -231,6 +247,12 @@ def test_adaptive_optimizer_and_running_stats_warn():
         train_one(model, optimizer=torch.optim.Adam(model.parameters()))
     messages = " ".join(str(r.message) for r in records)
     assert "Adam rescales" in messages and "track running statistics" in messages
+
+
+def test_running_statistics_without_affine_parameters_warn_too():
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, affine=False), nn.Linear(6, 3))
+    with pytest.warns(UserWarning, match=r"normalisation layers \['1'\] track running statistics"):
+        train_one(model)
 
 
 @pytest.mark.parametrize("builder", ["alexnet", "resnet"])
