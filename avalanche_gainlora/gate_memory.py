@@ -72,7 +72,9 @@ class GateMemory:
         check_threshold_spec(threshold)
         self.threshold = threshold
         self.memory = GradientProjectionMemory({"down": dim, "up": hidden, "key": dim})
+        # The bases live on the CPU; the projectors on the gates' device, rebuilt when it changes.
         self._projectors: dict[str, SubspaceProjector] = {}
+        self._device = torch.device("cpu")
 
     @property
     def bases(self) -> dict[str, Tensor | None]:
@@ -100,6 +102,8 @@ class GateMemory:
 
     def project_update(self, gate: TaskGate, before: dict[str, Tensor]) -> None:
         """Replace each parameter change since ``before`` by its projection off the old subspace."""
+        if gate.key.device != self._device:
+            self._build_projectors(gate.key.device)
         with torch.no_grad():
             for layer, projector in self._projectors.items():
                 param = _parameter(gate, layer)
@@ -113,9 +117,10 @@ class GateMemory:
         self.memory.load_state_dict(state)
         self._build_projectors()
 
-    def _build_projectors(self) -> None:
+    def _build_projectors(self, device: torch.device | None = None) -> None:
+        self._device = self._device if device is None else device
         self._projectors = {
-            layer: SubspaceProjector(basis, out_dim=1)
+            layer: SubspaceProjector(basis.to(self._device), out_dim=1)
             for layer, basis in self.bases.items()
             if basis is not None and basis.shape[1] > 0
         }

@@ -121,12 +121,13 @@ def test_gate_is_zero_for_inputs_orthogonal_to_its_key_and_ignores_padding():
         masked_mean(embeddings, mask), masked_mean(padded_more, torch.cat([mask, torch.zeros(2, 3)], 1))
     )
     gate = TaskGate(8, 4)
-    p2 = gate.activations(torch.randn(3, 8)).projected
+    inputs = torch.randn(3, 8)
+    p2 = gate.activations(inputs).projected
     with torch.no_grad():  # a key orthogonal to all three p2 vectors
         basis, _ = torch.linalg.qr(p2.T)
         gate.key.copy_(torch.randn(8) @ (torch.eye(8) - basis @ basis.T))
-    pooled = gate.activations(torch.randn(3, 8)).pooled
-    assert gate(pooled).shape == (3,)
+    assert gate(inputs).shape == (3,) and gate(inputs).abs().max() < 1e-5
+    assert gate(torch.randn(3, 8)).abs().max() > 1e-2, "other inputs open it"
 
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
@@ -199,6 +200,16 @@ def test_new_key_is_orthogonal_and_projected_updates_keep_old_gate_activations()
     torch.testing.assert_close(after.projected, before.projected, atol=1e-5, rtol=0)
     assert after.value.abs().max() < 1e-4
     assert successor(new_inputs).mean() > 0.5  # it did learn on the new task
+
+
+def test_gate_constraints_follow_the_gate_to_its_device():
+    # The bases stay on the CPU; a gate elsewhere (meta here, CUDA in use) needs its projectors there.
+    gate = TaskGate(16, 6)
+    memory = GateMemory(16, 6, threshold=1.0)
+    memory.update(gate_grams(gate, [torch.randn(5, 16)]), task=0)
+    successor = gate.successor(torch.randn(16)).to("meta")
+    memory.project_update(successor, memory.snapshot(successor))
+    assert {projector.operator.device.type for projector in memory._projectors.values()} == {"meta"}
 
 
 def test_official_threshold_schedule():
