@@ -14,7 +14,8 @@ Avalanche 0.6.0 has the pieces but does not put them together:
 every rank. Launch one process per device, e.g. ``torchrun --nproc_per_node=2 train.py``::
 
     DistributedHelper.init_distributed(seed, backend="gloo", use_cuda=False)  # every rank
-    strategy = wrap_for_ddp(GPM(model=model, optimizer=SGD(model.parameters(), lr=0.1), ...))
+    strategy = wrap_for_ddp(GPM(model=model, optimizer=SGD(model.parameters(), lr=0.1), ...),
+                            experiences=benchmark.train_stream)  # task heads created before wrapping
     for experience in benchmark.train_stream:  # experiences must carry task labels
         strategy.train(experience)
         accuracy = distributed_accuracy(strategy.model, test_set, batch_size=64)
@@ -30,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from avalanche.benchmarks.scenarios import CLExperience
 from avalanche.distributed import DistributedHelper
+from avalanche.models.dynamic_modules import DynamicModule, avalanche_model_adaptation
 from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import SupervisedPlugin
 from torch import Tensor, nn
@@ -40,6 +43,7 @@ __all__ = [
     "DistributedHelper",
     "DistributedChecks",
     "all_reduce_sum",
+    "check_ranks_agree",
     "check_train_sharding",
     "distributed_accuracy",
     "distributed_accuracy_row",
@@ -85,29 +89,76 @@ def check_train_sharding(experience) -> None:
         )
 
 
+def check_ranks_agree(model: nn.Module) -> None:
+    """Raise on every rank unless all ranks hold the same weights. No-op when not distributed.
+
+    DDP keeps the ranks identical only while every change to the weights goes through averaged
+    gradients; a plugin that decides something per rank (restoring weights, stopping early,
+    updating a buffer from its own samples) makes them drift apart silently. The check compares
+    each parameter's sum with rank 0's: cheap, and exact for the usual case of a rank-local change.
+
+    :raises RuntimeError: on every rank when some rank differs; a differing rank names its first
+        differing parameter.
+    """
+    if not DistributedHelper.is_distributed:
+        return
+    named = list(DistributedHelper.unwrap_model(model).named_parameters())
+    sums = torch.stack([param.detach().double().sum().cpu() for _, param in named])
+    reference = DistributedHelper.broadcast_object(sums)
+    differing = [name for (name, _), same in zip(named, (sums == reference).tolist()) if not same]
+    # Every rank learns how many ranks differ, so all of them raise and none waits for the others.
+    ranks_off = int(all_reduce_sum(torch.tensor([float(bool(differing))], dtype=torch.float64)).item())
+    if ranks_off:
+        where = f"this rank differs first in {differing[0]!r}" if differing else "this rank agrees with rank 0"
+        raise RuntimeError(
+            f"the weights differ between ranks ({ranks_off} of {DistributedHelper.world_size} away from rank 0's; "
+            f"{where}): something changed them outside DDP's averaged gradients, e.g. a plugin that "
+            "restores, stops or updates per rank; make it take the same decision on every rank"
+        )
+
+
 class DistributedChecks(SupervisedPlugin, supports_distributed=True):
-    """Fails a distributed training run early on experiences Avalanche would not shard."""
+    """Fails a distributed training run on experiences Avalanche would not shard (before training
+    them) and when the ranks' weights drifted apart (after each experience, see
+    :func:`check_ranks_agree`). Listed last, so it checks what the other plugins left."""
 
     def before_training_exp(self, strategy, **kwargs):
         check_train_sharding(strategy.experience)
 
+    def after_training_exp(self, strategy, **kwargs):
+        check_ranks_agree(strategy.model)
 
-def wrap_for_ddp(strategy):
+
+def wrap_for_ddp(strategy, experiences: Iterable[CLExperience] | None = None):
     """Wrap ``strategy.model`` in ``DistributedDataParallel`` (Avalanche 0.6.0 never does it).
 
     Call after :meth:`DistributedHelper.init_distributed` and after building the strategy; the
-    optimizer keeps working since DDP shares the model's parameters. Also adds
+    optimizer keeps working since DDP shares the model's parameters. Also appends
     :class:`DistributedChecks` to the strategy's plugins. When not distributed the strategy is
     returned unchanged (no wrapper, no extra plugin), so the same script runs in one process.
 
-    DDP broadcasts rank 0's parameters on wrapping, so the ranks start identical.
+    DDP broadcasts rank 0's parameters on wrapping, so the ranks start identical. It synchronises
+    only the parameters that exist at that moment: a model that grows (Avalanche's dynamic modules,
+    e.g. the task heads of ``MultiHeadClassifier``) is first adapted to every experience it will
+    see, so all its heads exist, start identical and are trained in sync.
 
+    :param experiences: the experiences the run trains on (e.g. ``benchmark.train_stream``);
+        required for a model with dynamic modules.
     :return: ``strategy``, for chaining.
+    :raises ValueError: for a model with dynamic modules and no ``experiences``.
     """
     if not DistributedHelper.is_distributed:
         return strategy
     model = DistributedHelper.unwrap_model(strategy.model)
-    strategy.model = DistributedHelper.wrap_model(model)
+    if experiences is None and any(isinstance(m, DynamicModule) for m in model.modules()):
+        raise ValueError(
+            f"{type(model).__name__} grows during training (dynamic modules such as task heads), and DDP "
+            "synchronises only the parameters that exist when it wraps the model: pass "
+            "wrap_for_ddp(strategy, experiences=benchmark.train_stream) to create them all first"
+        )
+    for experience in experiences or ():
+        avalanche_model_adaptation(model, experience)
+    strategy.model = DistributedHelper.wrap_model(model.to(strategy.device))
     if not any(isinstance(p, DistributedChecks) for p in strategy.plugins):
         strategy.plugins.append(DistributedChecks())
     return strategy

@@ -149,7 +149,7 @@ def run(
         plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), divergence],
         seed=seed,
     )
-    wrap_for_ddp(strategy)
+    wrap_for_ddp(strategy, experiences=train_stream)
 
     reset_cuda_peak(torch_device)
     joint = isinstance(strategy, JointTraining)
@@ -235,8 +235,6 @@ def _check_distributed(strategy_name: str, hyperparams: Hyperparams, world_size:
             f"the global batch {hyperparams.batch_size} does not split over {world_size} processes; "
             "launch a number of processes that divides it"
         )
-    if hyperparams.lr_schedule is not None:
-        raise ValueError("the validation learning-rate schedule is not supported on several processes yet")
 
 
 def _train_and_evaluate(

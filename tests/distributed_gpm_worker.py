@@ -17,10 +17,13 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from avalanche.models import MultiHeadClassifier  # noqa: E402
+from avalanche.training import Naive  # noqa: E402
 from avalanche.training.plugins import SupervisedPlugin  # noqa: E402
 from avalanche_gpm import GPM  # noqa: E402
 from avalanche_gpm.distributed import (  # noqa: E402
     DistributedHelper,
+    check_ranks_agree,
     check_train_sharding,
     distributed_accuracy_row,
     shutdown_distributed,
@@ -113,6 +116,24 @@ def main(out_dir: str) -> None:
         result["no_task_labels_error"] = None
     except ValueError as error:
         result["no_task_labels_error"] = str(error)
+
+    # A model that grows (task heads) cannot be wrapped before its heads exist.
+    heads = MultiHeadClassifier(32, 2)
+    growing = Naive(model=heads, optimizer=torch.optim.SGD(heads.parameters(), lr=0.1), evaluator=quiet_evaluator)
+    try:
+        wrap_for_ddp(growing)
+        result["growing_model_error"] = None
+    except ValueError as error:
+        result["growing_model_error"] = str(error)
+
+    # A weight changed on rank 1 only (as a plugin deciding per rank would): every rank must raise.
+    with torch.no_grad():
+        DistributedHelper.unwrap_model(strategy.model)[2].bias.add_(float(rank == 1))
+    try:
+        check_ranks_agree(strategy.model)
+        result["drift_error"] = None
+    except RuntimeError as error:
+        result["drift_error"] = str(error)
 
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     shutdown_distributed(strategy)

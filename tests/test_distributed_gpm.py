@@ -109,3 +109,19 @@ def test_experiences_without_task_labels_are_refused(runs):
     for result in runs[0]:
         assert "no task labels" in result["no_task_labels_error"]
     assert runs[1]["no_task_labels_error"] is None  # no-op in one process
+
+
+def test_weights_that_drift_apart_stop_every_rank(runs):
+    # Training itself passed the check after every experience (DistributedChecks); then rank 1 moved.
+    (r0, r1), single = runs
+    assert "1 of 2 away from rank 0's; this rank agrees with rank 0" in r0["drift_error"]
+    assert "this rank differs first in '2.bias'" in r1["drift_error"]
+    assert single["drift_error"] is None  # no-op in one process
+
+
+def test_a_growing_model_needs_its_experiences_before_wrapping(runs):
+    (r0, r1), single = runs
+    for result in (r0, r1):
+        assert "pass wrap_for_ddp(strategy, experiences=benchmark.train_stream)" in result["growing_model_error"]
+    assert single["growing_model_error"] is None  # no-op in one process
+

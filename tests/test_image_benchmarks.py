@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import pickle
-import struct
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.io
 import torch
-from PIL import Image
 
 from experiments.benchmarks import split_cifar
 from experiments.benchmarks.five_datasets import five_datasets
@@ -20,120 +13,32 @@ from experiments.benchmarks.image_data import ImageBenchmark, RawImages, SizeCap
 from experiments.benchmarks.mini_imagenet import mini_imagenet
 from experiments.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist
 from experiments.benchmarks.split_cifar import split_cifar10, split_cifar100
+from tests.image_fixtures import (
+    random_images,
+    write_cifar10_archive,
+    write_cifar10_pickles,
+    write_cifar100,
+    write_mini_imagenet_folder,
+    write_mini_imagenet_pickles,
+    write_mnist,
+    write_notmnist,
+    write_svhn,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-# ---- fixture writers ------------------------------------------------------------------------------
-
-
-def _images(count: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(count, *shape), dtype=np.uint8)
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX as torchvision reads it: magic 0x08 (uint8) << 8 | number of dimensions, then big-endian sizes."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def _write_mnist(root: Path, name: str, train: int, test: int, seed: int) -> None:
-    raw = root / name / "raw"
-    raw.mkdir(parents=True)
-    for prefix, count in (("train", train), ("t10k", test)):
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", _images(count, (28, 28), seed + count))
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10)
-
-
-def _jpeg(colour: int, size: tuple[int, int] = (32, 32)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (colour, 255 - colour, colour // 2)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _write_cifar10_archive(root: Path, per_class: int = 3) -> None:
-    with tarfile.open(root / "cifar10-jpg.tar.xz", "w:xz") as tar:
-        for split in ("train", "test"):
-            for label, name in enumerate(reversed(CIFAR10_CLASSES)):  # stored out of order on purpose
-                for i in range(per_class):
-                    data = _jpeg(25 * (len(CIFAR10_CLASSES) - 1 - label) + i)
-                    member = tarfile.TarInfo(f"{split}/{name}/{i:04d}.jpg")
-                    member.size = len(data)
-                    tar.addfile(member, io.BytesIO(data))
-
-
-def _pickle(path: Path, content: dict) -> None:
-    with open(path, "wb") as file:
-        pickle.dump(content, file)
-
-
-def _write_cifar10_pickles(root: Path) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]):
-        _pickle(folder / name, {"data": _images(10, (3072,), i), "labels": list(range(10))})
-    _pickle(folder / "batches.meta", {"label_names": list(CIFAR10_CLASSES)})
-
-
-def _write_cifar100(root: Path) -> None:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for name, per_class in (("train", 2), ("test", 1)):
-        labels = [c for c in range(100) for _ in range(per_class)]
-        content = {"data": _images(len(labels), (3072,), per_class), "fine_labels": labels, "coarse_labels": labels}
-        _pickle(folder / name, content)
-    _pickle(folder / "meta", {"fine_label_names": [f"class{c:03d}" for c in range(100)]})
-
-
-def _write_svhn(root: Path) -> None:
-    for name, count in (("train_32x32.mat", 40), ("test_32x32.mat", 20)):
-        digits = np.arange(count) % 10
-        labels = np.where(digits == 0, 10, digits).reshape(-1, 1).astype(np.uint8)
-        images = _images(count, (32, 32, 3), count).transpose(1, 2, 3, 0)  # SVHN stores (H, W, C, N)
-        scipy.io.savemat(root / name, {"X": images, "y": labels})
-
-
-def _write_notmnist(root: Path) -> None:
-    for split, per_class in (("train", 4), ("test", 2)):
-        for letter in "ABCDEFGHIJ":
-            folder = root / "notMNIST" / split / letter
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.new("L", (28, 28), 20 * i).save(folder / f"{letter}{i}.png")
-    (root / "notMNIST" / "train" / "A" / "broken.png").write_bytes(b"not a png")
-
-
-def _write_mini_imagenet_pickles(root: Path, per_class: int = 6) -> None:
-    folder = root / "miniImageNet"
-    folder.mkdir(parents=True)
-    # 10 classes over the three few-shot splits, listed out of name order on purpose.
-    splits = {"train": [9, 3, 0, 7, 5, 1], "val": [8, 2], "test": [6, 4]}
-    for split, classes in splits.items():
-        images = np.stack([np.full((84, 84, 3), 20 * c + i, np.uint8) for c in classes for i in range(per_class)])
-        class_dict = {f"n{c:08d}": list(range(k * per_class, (k + 1) * per_class)) for k, c in enumerate(classes)}
-        _pickle(folder / f"mini-imagenet-cache-{split}.pkl", {"image_data": images, "class_dict": class_dict})
-
-
-def _write_mini_imagenet_folder(root: Path) -> None:
-    for c in range(10):
-        folder = root / "miniImageNet" / "images" / f"n{c:08d}"
-        folder.mkdir(parents=True)
-        for i in range(3):
-            (folder / f"{i}.jpg").write_bytes(_jpeg(20 * c, size=(100, 90)))
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data root holding every format (the CIFAR-10 archive, not the pickles)."""
     root = tmp_path_factory.mktemp("data")
-    _write_mnist(root, "MNIST", train=30, test=10, seed=0)
-    _write_mnist(root, "FashionMNIST", train=40, test=20, seed=1)
-    _write_cifar10_archive(root)
-    _write_cifar100(root)
-    _write_svhn(root)
-    _write_notmnist(root)
-    _write_mini_imagenet_pickles(root)
+    write_mnist(root, "MNIST", train=30, test=10, seed=0)
+    write_mnist(root, "FashionMNIST", train=40, test=20, seed=1)
+    write_cifar10_archive(root)
+    write_cifar100(root)
+    write_svhn(root)
+    write_notmnist(root)
+    write_mini_imagenet_pickles(root)
     return root
 
 
@@ -184,7 +89,7 @@ def test_pmnist_permutations(data_root: Path) -> None:
     # Every task shows the same images, only with its pixels permuted (the first task too).
     assert torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)
     # The fixture's training images (seed 0 + 30 images) after the 3 validation ones, unpermuted.
-    unpermuted = torch.from_numpy(_images(30, (28, 28), 30)[3:].reshape(27, -1)).float()
+    unpermuted = torch.from_numpy(random_images(30, (28, 28), 30)[3:].reshape(27, -1)).float()
     assert not torch.allclose((x0 * MNIST_STD + MNIST_MEAN) * 255, unpermuted, atol=1e-3)
 
 
@@ -235,7 +140,7 @@ def test_split_cifar10_seeds_and_caps(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_split_cifar10_from_torchvision_pickles(tmp_path: Path) -> None:
-    _write_cifar10_pickles(tmp_path)
+    write_cifar10_pickles(tmp_path)
     result = split_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     assert len(result.benchmark.train_stream) == 5
     assert not (tmp_path / "cache").exists()
@@ -292,7 +197,7 @@ def test_mini_imagenet_from_pickles(data_root: Path) -> None:
 
 
 def test_mini_imagenet_from_image_folders(tmp_path: Path) -> None:
-    _write_mini_imagenet_folder(tmp_path)
+    write_mini_imagenet_folder(tmp_path)
     result = mini_imagenet(tmp_path, num_tasks=5, test_per_class=1)
     _check_shapes(result, (3, 84, 84), (3, 1, 2), 2, [0, 1, 2, 3, 4])
 

@@ -10,12 +10,13 @@ import warnings
 from avalanche.training.plugins import SupervisedPlugin
 
 
-class DivergenceMonitor(SupervisedPlugin):
+class DivergenceMonitor(SupervisedPlugin, supports_distributed=True):
     """Records the training experiences whose loss was not finite at the end of an epoch.
 
     The last minibatch's loss (with every plugin's penalty, e.g. EWC's) is checked once per epoch:
     once the weights hold NaN every later loss does too, so a divergence anywhere in the epoch is
-    seen, at the cost of one scalar read per epoch.
+    seen, at the cost of one scalar read per epoch. Under DDP a NaN gradient on one rank reaches
+    every rank's weights through the averaging, so each rank sees the divergence.
     """
 
     def __init__(self):

@@ -9,7 +9,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from tqdm.auto import tqdm
 
 
-class EpochProgress(SupervisedPlugin):
+class EpochProgress(SupervisedPlugin, supports_distributed=True):
     """Shows the epoch being trained, ``epoch k/max``, next to the bar's other fields.
 
     :param bar: the run's tqdm bar.

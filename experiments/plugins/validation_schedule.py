@@ -26,6 +26,8 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from avalanche_gpm.distributed import DistributedHelper
+
 
 class PlateauDecision(Enum):
     """What one epoch's validation loss asks for."""
@@ -97,7 +99,7 @@ class PlateauTracker:
         return PlateauDecision.DECAY
 
 
-class ValidationLRSchedule(SupervisedPlugin):
+class ValidationLRSchedule(SupervisedPlugin, supports_distributed=True):
     """Per-task learning-rate decay on validation loss, keeping the best-validation weights.
 
     The protocol of the GPM paper for CIFAR-100, 5-Datasets and miniImageNet. The validation loss
@@ -110,6 +112,9 @@ class ValidationLRSchedule(SupervisedPlugin):
     The schedule follows the first parameter group's learning rate; every group is divided by
     ``factor`` together. The optimizer object is reused across experiences, so its learning rates
     are reset to their initial values at the end of each task.
+
+    Under DDP, rank 0 validates and every rank takes its loss, so all ranks decay, stop and restore
+    together and their weights stay identical; copies and validation use the unwrapped model.
 
     List this plugin **before** any plugin that reads the trained weights in ``after_training_exp``
     (e.g. :class:`~avalanche_gpm.plugin.GPMPlugin`, which :class:`~avalanche_gpm.GPM` places after
@@ -160,13 +165,13 @@ class ValidationLRSchedule(SupervisedPlugin):
         self._epochs_run = 0
         # Copied here, after model adaptation, so the state includes this task's new head; it is
         # what gets restored if no epoch ever improves (e.g. a NaN loss from the start).
-        self._best_state = _copy_state(strategy.model)
+        self._best_state = _copy_state(DistributedHelper.unwrap_model(strategy.model))
 
     def after_training_epoch(self, strategy, **kwargs):
         self._epochs_run += 1
         decision = self.tracker.step(self._validation_loss(strategy))
         if decision is PlateauDecision.IMPROVED:
-            self._best_state = _copy_state(strategy.model)
+            self._best_state = _copy_state(DistributedHelper.unwrap_model(strategy.model))
         elif decision is PlateauDecision.DECAY:
             for group in strategy.optimizer.param_groups:
                 group["lr"] /= self.tracker.factor
@@ -182,7 +187,7 @@ class ValidationLRSchedule(SupervisedPlugin):
                 "the weights from before the experience are restored, so it was not learnt (training diverged?)",
                 RuntimeWarning,
             )
-        strategy.model.load_state_dict(self._best_state)
+        DistributedHelper.unwrap_model(strategy.model).load_state_dict(self._best_state)
         for group, lr in zip(strategy.optimizer.param_groups, self._initial_lrs):
             group["lr"] = lr
         self._best_state = {}
@@ -206,11 +211,17 @@ class ValidationLRSchedule(SupervisedPlugin):
             )
         return valid.dataset.eval()
 
-    @torch.no_grad()
     def _validation_loss(self, strategy) -> float:
+        # Decisions must not differ between ranks: one loss for all, even if their kernels differ.
+        loss = self._local_validation_loss(strategy) if DistributedHelper.is_main_process else None
+        return DistributedHelper.broadcast_object(loss)
+
+    @torch.no_grad()
+    def _local_validation_loss(self, strategy) -> float:
         dataset = self._valid_dataset
         loader = DataLoader(dataset, batch_size=self.eval_mb_size, shuffle=False, collate_fn=dataset.collate_fn)
-        model, device = strategy.model, strategy.device
+        # The bare model: DDP's wrapper would hide the task heads from avalanche_forward.
+        model, device = DistributedHelper.unwrap_model(strategy.model), strategy.device
         was_training = model.training
         model.eval()
         total = torch.zeros((), device=device)
