@@ -89,7 +89,8 @@ def run(
     :param download: let torchvision download missing files where it can.
     :param device: training device, e.g. ``"cpu"`` or ``"cuda"``.
     :param force: rerun and overwrite an existing record.
-    :param progress: show a progress bar over experiences, and say when a run is skipped.
+    :param progress: show a progress bar over experiences, and say when a run is skipped (on the
+        main process only under DDP).
     :param eval_stream: ``"test"``, or ``"valid"`` to fill the accuracy matrix from the validation
         split when choosing hyper-parameters (see :mod:`experiments.tune`).
     :param record_name: stem of the record's file name instead of the strategy name (one record per
@@ -119,6 +120,7 @@ def run(
     if eval_stream != "test":  # test-set records keep the configuration they were written with
         config["eval_stream"] = eval_stream
     world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
+    progress = progress and DistributedHelper.is_main_process  # one bar, not one per rank
     if world_size > 1:
         _check_distributed(strategy_name, hyperparams, world_size)
         config["world_size"] = world_size  # batch_size stays the global batch
