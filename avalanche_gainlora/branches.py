@@ -155,7 +155,7 @@ class GatedLoraLinear(PeftLoraLinear):
                 )
             # generate() expands each prompt into beams / return sequences with repeat_interleave.
             weights = weights.repeat_interleave(batch // weights.shape[0], dim=0)
-        scales = torch.repeat_interleave(weights.to(hidden.dtype) * scaling, ranks, dim=1)
+        scales = torch.repeat_interleave(weights.to(device=hidden.device, dtype=hidden.dtype) * scaling, ranks, dim=1)
         return scales.view(batch, *([1] * (hidden.dim() - 2)), scales.shape[1])
 
 

@@ -102,6 +102,11 @@ def setup_distributed(seed: int = 0, *, cpu: bool = False) -> int:
         from accelerate import PartialState
 
         PartialState(cpu=cpu)
+    if torch.distributed.is_initialized() and not cpu:
+        # Avalanche's helper picks the device of its collectives and of DDP from `use_cuda`, which
+        # only its own init_distributed sets: left False, NCCL would be handed CPU tensors.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        DistributedHelper.use_cuda = True
     DistributedHelper.set_random_seeds(seed)
     return DistributedHelper.world_size
 

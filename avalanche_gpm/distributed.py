@@ -186,7 +186,7 @@ def distributed_accuracy(
     dataset,
     *,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> float:
     """Accuracy of ``model`` on the whole ``dataset``, computed jointly by all ranks.
 
@@ -196,9 +196,11 @@ def distributed_accuracy(
     collectives in the forward pass). Not distributed: a plain evaluation.
 
     :param dataset: an Avalanche dataset (items ``(x, y, task_label, ...)``).
+    :param device: where the inputs go; default the device of the model's parameters.
     """
     rank, world = DistributedHelper.rank, DistributedHelper.world_size
     bare = DistributedHelper.unwrap_model(model)
+    device = next(bare.parameters()).device if device is None else device
     shard = Subset(dataset, range(rank, len(dataset), world))
     loader = DataLoader(shard, batch_size=batch_size, collate_fn=getattr(dataset, "collate_fn", None))
     was_training = bare.training

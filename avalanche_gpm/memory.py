@@ -38,6 +38,12 @@ def has_gradient(layer: nn.Module) -> bool:
     return any(param.grad is not None for param in _parameters(layer))
 
 
+def projection_dtype(layer: nn.Module) -> torch.dtype:
+    """The precision a layer's gradient is projected in: at least float32, since in bfloat16 or
+    float16 ``I - M M^T`` is no projection and leaks the protected component at every step."""
+    return torch.promote_types(layer.weight.dtype, torch.float32)
+
+
 def gradient_matrix(layer: nn.Module) -> Tensor:
     """The layer's gradient as an ``(out, input_dim)`` matrix (bias gradient as the last column).
 
@@ -62,7 +68,7 @@ def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
         parts = [(weight, matrix[:, :-1].reshape(weight.shape)), (bias, matrix[:, -1])]
     for param, grad in parts:
         if param.grad is None:
-            param.grad = grad.contiguous()
+            param.grad = grad.to(param.dtype).contiguous()
         else:
             param.grad.copy_(grad)
 
@@ -154,7 +160,7 @@ class GradientProjectionMemory:
 
     def _projector(self, name: str, layer: nn.Module) -> SubspaceProjector:
         if name not in self._projectors:
-            to_layer = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+            to_layer = {"device": layer.weight.device, "dtype": projection_dtype(layer)}
             scales = self.importances[name]
             self._projectors[name] = SubspaceProjector(
                 self.bases[name].to(**to_layer),
@@ -208,13 +214,13 @@ class GradientProjectionMemory:
             basis = self.bases[name]
             if basis is None or basis.shape[1] == 0:
                 continue
-            projector = self._projector(name, layer)
-            projected = projector(gradient_matrix(layer)) if has_gradient(layer) else None
+            projector, dtype = self._projector(name, layer), projection_dtype(layer)
+            projected = projector(gradient_matrix(layer).to(dtype)) if has_gradient(layer) else None
             taken = (steps or {}).get(name)
             pairs = None if taken is None else taken.pairs()
             if pairs is not None:
                 delta, inputs = pairs
-                own = delta.T @ projector(inputs)
+                own = delta.to(dtype).T @ projector(inputs.to(dtype))
                 projected = own if projected is None else projected.add_(own)
             if projected is not None:
                 set_gradient_matrix(layer, projected)

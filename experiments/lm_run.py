@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.distributed:
         if setup_distributed(args.seeds[0], cpu=not args.device.startswith("cuda")) == 1:
             raise SystemExit("--distributed needs a launch with several processes, e.g. torchrun --nproc_per_node=2")
+        if args.device.startswith("cuda:"):
+            raise SystemExit("--distributed gives each process the GPU of its LOCAL_RANK: pass --device cuda")
         if args.device == "cuda":  # one GPU per process
             args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     tasks = load_tasks(

@@ -181,3 +181,22 @@ def test_sgp_prices_a_takeover_with_the_forms_it_can_use(monkeypatch):
     monkeypatch.setattr(memory_module, "TAKEOVER_COST_FLOPS", 1e5)
     assert not gpm.projects_inputs("fc", 10, 100), "the complement form is too cheap to be worth a takeover"
     assert sgp.projects_inputs("fc", 10, 100), "SGP's dense form costs enough to take the call over"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_layers_are_projected_in_float32(dtype):
+    # In half precision I - M M^T is no projection: only the final rounding of .grad may leak.
+    layer = nn.Linear(64, 32, bias=False).to(dtype)
+    memory = GradientProjectionMemory({"fc": 64})
+    r = torch.randn(64, 20, dtype=torch.float64)
+    memory.update({"fc": r @ r.T}, {"fc": 0.99})
+    basis = memory.bases["fc"]
+    layer.weight.grad = torch.randn(32, 64).to(dtype)
+    exact = layer.weight.grad.double() @ (torch.eye(64, dtype=torch.float64) - basis @ basis.T)
+    memory.project_gradients({"fc": layer})
+    assert layer.weight.grad.dtype == dtype
+
+    def leak(gradient: torch.Tensor) -> float:
+        return ((gradient.double() @ basis).norm() / gradient.double().norm()).item()
+
+    assert leak(layer.weight.grad) <= 1.1 * leak(exact.to(dtype))
