@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from avalanche_gpm.projection import ProjectionForm, SubspaceProjector, available_forms, cheapest_form, projection_flops
+from avalanche_gpm.projection import (
+    ProjectionForm,
+    SubspaceProjector,
+    available_forms,
+    cheapest_form,
+    projection_flops,
+)
 from avalanche_gpm.step_recorder import StepRecord
 from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, basis_strengths, grow_basis, scaled_importance
 
