@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.configs import differing_fields
 from experiments.plots import plot_acc_bwt, plot_accuracy_matrices, plot_gpm_memory, plot_task_curves
 from experiments.tables import divergence_note, markdown_table, summarise, write_csv
 
@@ -51,31 +52,13 @@ def group_by_strategy(
     for record in records:
         groups[record["config"][key]].append(record)
     for name, runs in groups.items():
-        differing = _differing_fields([run["config"] for run in runs], ignore=("seed",))
+        differing = differing_fields([run["config"] for run in runs], ignore=("seed",))
         if differing:
             raise ValueError(
                 f"the {name} records differ in {', '.join(differing)}, not only in their seed; "
                 "a mean over them would mix settings: keep each setting in its own folder"
             )
     return dict(groups)
-
-
-def _differing_fields(configs: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ()) -> list[str]:
-    """Dotted names of the fields whose values are not the same in every configuration."""
-    flat = [_flatten(config) for config in configs]
-    names = set().union(*flat) - set(ignore)
-    return sorted(name for name in names if len({json.dumps(f.get(name), sort_keys=True) for f in flat}) > 1)
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``."""
-    flat: dict[str, Any] = {}
-    for name, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat
 
 
 def mean_matrix(runs: Sequence[Mapping[str, Any]], field: str = "accuracy_matrix") -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 
 from experiments.benchmarks import BENCHMARKS, get_benchmark
 from experiments.cli_types import add_run_arguments, comma_list, preset_hyperparams, strategy_name
+from experiments.configs import differing_fields
 from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.runner import run
@@ -145,8 +146,9 @@ def tune(
     """
     spec = get_benchmark(benchmark)
     hyperparams = spec.defaults if hyperparams is None else hyperparams
-    protocol = _protocol({"benchmark": benchmark, "num_tasks": num_tasks, "hyperparams": hyperparams.to_dict(strategy)})
-    _check_one_protocol(out_dir, strategy, {protocol} | _protocols(_validation_records(out_dir, strategy)))
+    planned = {"benchmark": benchmark, "num_tasks": num_tasks, "hyperparams": hyperparams.to_dict(strategy)}
+    recorded = [record["config"] for record in _validation_records(out_dir, strategy)]
+    _check_one_protocol(out_dir, strategy, [_protocol(config) for config in (planned, *recorded)])
     check_points(strategy, hyperparams, spec.model(), points)
     for seed in seeds:
         for point in points:
@@ -182,11 +184,11 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
     records = _validation_records(out, strategy)
     if not records:
         raise ValueError(f"{out} holds no validation record of {strategy!r}: run experiments.tune first")
-    _check_one_protocol(out, strategy, _protocols(records))
+    _check_one_protocol(out, strategy, [_protocol(r["config"]) for r in records])
     options = [r["config"]["hyperparams"]["options"] for r in records]
-    names = sorted(set().union(*options))
+    # An option holding a mapping (e.g. per-layer thresholds) differs when any of its entries does.
     # With a single point there is nothing to tell apart: show all its options.
-    shown = [name for name in names if len({json.dumps(o.get(name)) for o in options}) > 1] or names
+    shown = sorted({name.split(".")[0] for name in differing_fields(options)}) or sorted(set().union(*options))
     by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record, option in zip(records, options):
         by_point[point_label({name: option.get(name, "default") for name in shown})].append(record)
@@ -210,25 +212,22 @@ def _validation_records(out_dir: str | os.PathLike, strategy: str) -> list[dict[
     return [r for r in records if r["config"].get("eval_stream") == "valid" and r["config"]["strategy"] == strategy]
 
 
-def _protocol(config: Mapping[str, Any]) -> str:
+def _protocol(config: Mapping[str, Any]) -> dict[str, Any]:
     """What two records must share to be ranked together: everything but the options and the seed."""
     fixed = {name: value for name, value in config["hyperparams"].items() if name != "options"}
-    return json.dumps({"benchmark": config["benchmark"], "num_tasks": config["num_tasks"], **fixed}, sort_keys=True)
+    return {"benchmark": config["benchmark"], "num_tasks": config["num_tasks"], "hyperparams": fixed}
 
 
-def _protocols(records: Sequence[Mapping[str, Any]]) -> set[str]:
-    return {_protocol(record["config"]) for record in records}
-
-
-def _check_one_protocol(out_dir: str | os.PathLike, strategy: str, protocols: set[str]) -> None:
+def _check_one_protocol(out_dir: str | os.PathLike, strategy: str, protocols: Sequence[Mapping[str, Any]]) -> None:
     """Refuse to rank points trained under different protocols (e.g. 1 and 5 epochs) in one table.
 
-    :raises ValueError: listing the protocols found.
+    :raises ValueError: naming the protocol fields that differ.
     """
-    if len(protocols) > 1:
+    differing = differing_fields(protocols)
+    if differing:
         raise ValueError(
-            f"{out_dir} would mix {strategy} records of different protocols: {'; '.join(sorted(protocols))}; "
-            "tune each protocol into its own folder"
+            f"{out_dir} would mix {strategy} records of different protocols (they differ in "
+            f"{', '.join(differing)}); tune each protocol into its own folder"
         )
 
 

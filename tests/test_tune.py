@@ -94,7 +94,7 @@ def test_tune_refuses_bad_options_before_training(blobs, tmp_path):
 
 def test_tune_refuses_to_mix_protocols_in_one_folder(blobs, tmp_path):
     tune(blobs, "ewc", [{"ewc_lambda": 1.0}], [1], tmp_path, num_tasks=1, progress=False)
-    with pytest.raises(ValueError, match="different protocols.*own folder"):
+    with pytest.raises(ValueError, match=r"different protocols \(they differ in num_tasks\).*own folder"):
         tune(blobs, "ewc", [{"ewc_lambda": 2.0}], [1], tmp_path, num_tasks=2, progress=False)
     assert len(list(tmp_path.glob("*.json"))) == 1, "the refused grid must not train"
     # A record of another protocol copied in by hand is refused by the report too.
@@ -102,7 +102,7 @@ def test_tune_refuses_to_mix_protocols_in_one_folder(blobs, tmp_path):
     record = json.loads(record_path.read_text())
     record["config"]["hyperparams"]["epochs"] = 5
     record_path.with_name("ewc_ewc_lambda-9_seed1.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="different protocols"):
+    with pytest.raises(ValueError, match=r"differ in hyperparams\.epochs\)"):
         write_tuning_report(tmp_path, "ewc")
 
 
@@ -140,3 +140,17 @@ def test_cli(blobs, tmp_path, capsys):
     assert record_path.stat().st_mtime_ns == written, "an existing point is skipped"
     tune_main([*args, "--force"])
     assert record_path.stat().st_mtime_ns > written, "--force reruns it"
+
+
+def test_tuning_table_names_a_mapping_option_by_its_own_name(blobs, tmp_path):
+    tune(blobs, "ewc", [{"ewc_lambda": 1.0}], [1], tmp_path, num_tasks=1, progress=False)
+    record_path = next(tmp_path.glob("*.json"))
+    record = json.loads(record_path.read_text())
+    # Two points that differ only inside a mapping-valued option, as per-layer settings would.
+    for name, value in (("a", 0.9), ("b", 0.95)):
+        record["config"]["hyperparams"]["options"] = {"ewc_lambda": 1.0, "per_layer": {"fc": value}}
+        record_path.with_name(f"ewc_per_layer-{name}_seed1.json").write_text(json.dumps(record))
+    record_path.unlink()
+    table = write_tuning_report(tmp_path, "ewc")
+    assert "per_layer={'fc': 0.9}" in table and "per_layer={'fc': 0.95}" in table
+    assert "ewc_lambda" not in table, "an option shared by every point is not what was tuned"
