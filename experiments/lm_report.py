@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cli_errors import exit_on_user_error
 from experiments.lm_methods import METHODS
 from experiments.lm_runner import SCORES
 from experiments.plots import plot_heatmaps
@@ -155,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Rebuild the table, CSV and heat maps of a folder of instruction-tuning runs.",
     )
     parser.add_argument("out_dir", help="folder holding <method>_seed<seed>.json run records")
-    print(write_lm_report(parser.parse_args(argv).out_dir))
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        print(write_lm_report(args.out_dir))
 
 
 if __name__ == "__main__":

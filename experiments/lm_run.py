@@ -23,6 +23,7 @@ from experiments.lm_methods import METHODS, MethodOptions, parse_methods
 from experiments.lm_models import ALIASES, CachedModelLoader
 from experiments.lm_report import write_lm_report
 from experiments.lm_runner import LMSettings, run_lm
+from experiments.cli_errors import exit_on_user_error
 from experiments.cli_types import comma_list, positive_float, positive_int
 
 #: Preset order of each benchmark when neither --order nor --tasks is given.
@@ -228,44 +229,45 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("--distributed gives each process the GPU of its LOCAL_RANK: pass --device cuda")
         if args.device == "cuda":  # one GPU per process
             args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    tasks = load_tasks(
-        args.benchmark,
-        args.task_names,
-        args.data_root,
-        max_train=args.max_train,
-        max_test=args.max_test,
-        seed=args.data_seed,
-        carve_test_from_train=args.carve_test_from_train,
-    )
-    data = {
-        "order": args.order,
-        "max_train": args.max_train,
-        "max_test": args.max_test,
-        "data_seed": args.data_seed,
-        "carve_test_from_train": args.carve_test_from_train,
-        "sizes": {task.name: [len(task.train), len(task.test)] for task in tasks},
-    }
-    settings = settings_from_args(args)
-    loader = CachedModelLoader(args.model, device=args.device)
-    for seed in args.seeds:
-        for method in args.methods:
-            run_lm(
-                method,
-                seed,
-                args.out,
-                tasks=tasks,
-                model_name=args.model,
-                settings=settings,
-                model_factory=loader,
-                data=data,
-                device=args.device,
-                force=args.force,
-                progress=DistributedHelper.is_main_process,
-                verbose=args.verbose,
-            )
-    if DistributedHelper.is_main_process:
-        print(write_lm_report(args.out))
-        print(f"Records, summary.md, summary.csv and figures are in {args.out}")
+    with exit_on_user_error():
+        tasks = load_tasks(
+            args.benchmark,
+            args.task_names,
+            args.data_root,
+            max_train=args.max_train,
+            max_test=args.max_test,
+            seed=args.data_seed,
+            carve_test_from_train=args.carve_test_from_train,
+        )
+        data = {
+            "order": args.order,
+            "max_train": args.max_train,
+            "max_test": args.max_test,
+            "data_seed": args.data_seed,
+            "carve_test_from_train": args.carve_test_from_train,
+            "sizes": {task.name: [len(task.train), len(task.test)] for task in tasks},
+        }
+        settings = settings_from_args(args)
+        loader = CachedModelLoader(args.model, device=args.device)
+        for seed in args.seeds:
+            for method in args.methods:
+                run_lm(
+                    method,
+                    seed,
+                    args.out,
+                    tasks=tasks,
+                    model_name=args.model,
+                    settings=settings,
+                    model_factory=loader,
+                    data=data,
+                    device=args.device,
+                    force=args.force,
+                    progress=DistributedHelper.is_main_process,
+                    verbose=args.verbose,
+                )
+        if DistributedHelper.is_main_process:
+            print(write_lm_report(args.out))
+            print(f"Records, summary.md, summary.csv and figures are in {args.out}")
     shutdown_distributed()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cli_errors import exit_on_user_error
 from experiments.configs import differing_fields
 from experiments.plots import plot_acc_bwt, plot_accuracy_matrices, plot_gpm_memory, plot_task_curves
 from experiments.tables import divergence_note, markdown_table, summarise, write_csv
@@ -163,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m experiments.report", description="Rebuild the table, CSV and figures of a folder of runs."
     )
     parser.add_argument("out_dir", help="folder holding <strategy>_seed<seed>.json run records")
-    print(write_report(parser.parse_args(argv).out_dir))
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        print(write_report(args.out_dir))
 
 
 if __name__ == "__main__":

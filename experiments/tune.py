@@ -29,6 +29,7 @@ import torch
 
 from experiments.benchmarks import BENCHMARKS, get_benchmark
 from experiments.cli_types import add_run_arguments, comma_list, preset_hyperparams, strategy_name
+from experiments.cli_errors import exit_on_user_error
 from experiments.configs import differing_fields
 from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
@@ -264,25 +265,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = parse_args(argv)
     hyperparams = preset_hyperparams(args)
-    try:
+    with exit_on_user_error():
         points = grid_points(args.grid)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
-    print(
-        tune(
-            args.benchmark,
-            args.strategy,
-            points,
-            args.seeds,
-            args.out,
-            hyperparams=hyperparams,
-            num_tasks=args.tasks,
-            data_root=args.data_root,
-            download=args.download,
-            device=args.device,
-            force=args.force,
+        print(
+            tune(
+                args.benchmark,
+                args.strategy,
+                points,
+                args.seeds,
+                args.out,
+                hyperparams=hyperparams,
+                num_tasks=args.tasks,
+                data_root=args.data_root,
+                download=args.download,
+                device=args.device,
+                force=args.force,
+            )
         )
-    )
 
 
 if __name__ == "__main__":
