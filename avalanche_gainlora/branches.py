@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,11 @@ def _side_by_side(frozen_cache: ParameterCache, weights: list[Tensor], dim: int)
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
 
 
+def _forget_branches(layer: GatedLoraLinear, _incompatible_keys: Any) -> None:
+    """After ``load_state_dict`` (``assign=True`` replaces parameters): look the branches up again."""
+    layer._branches_key = None
+
+
 class GatedLoraLinear(PeftLoraLinear):
     """peft's LoRA linear layer whose branches are added with per-sample weights.
 
@@ -84,6 +90,7 @@ class GatedLoraLinear(PeftLoraLinear):
         self._ranks = ParameterCache()
         self._scalings = ParameterCache()
         self._scales = ParameterCache()
+        self.register_load_state_dict_post_hook(_forget_branches)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         result = self.base_layer(x, *args, **kwargs)
@@ -163,8 +170,9 @@ class LoraBranches:
     """The LoRA branches of one model: injection (through peft), trainability and state.
 
     :param model: a Hugging Face (or any) model; branches are injected in place.
-    :param target_modules: names (peft suffix matching) of the layers to adapt; ``None`` uses
-        peft's default for the model type (q and v projections for T5 and LLaMA).
+    :param target_modules: names (peft suffix matching), or one regular expression over qualified
+        names, of the layers to adapt; ``None`` uses peft's default for the model type (q and v
+        projections for T5 and LLaMA, GPT-2's fused q/k/v ``c_attn``).
     :param rank: rank ``r`` of every branch.
     :param alpha: LoRA ``alpha``; branches are scaled by ``alpha / r``.
     :param dropout: dropout on the branches' input.
@@ -174,7 +182,7 @@ class LoraBranches:
         self,
         model: nn.Module,
         *,
-        target_modules: Sequence[str] | None = None,
+        target_modules: Sequence[str] | str | None = None,
         rank: int = 4,
         alpha: float = 32.0,
         dropout: float = 0.0,
@@ -184,7 +192,10 @@ class LoraBranches:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
         self.model = model
-        self.target_modules = list(target_modules) if target_modules is not None else _default_targets(model)
+        if target_modules is None:
+            target_modules = _default_targets(model)
+        # A string is peft's regular expression over module names; list() would split it into letters.
+        self.target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
@@ -253,16 +264,41 @@ class LoraBranches:
         for param in self.down(index).values():
             param.requires_grad_(train_down)
 
-    def state_dict(self) -> dict:
-        """Branch count and every branch tensor (the base model's weights are not included)."""
+    def settings(self) -> dict[str, Any]:
+        """What a saved state must agree with to be loaded: the branches' shape, scaling and places."""
         return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "layers": sorted(self._targets()),
+        }
+
+    def state_dict(self) -> dict:
+        """Settings, branch count and every branch tensor (the base model's weights are not included)."""
+        return {
+            "settings": self.settings(),
             "num_branches": self.num_branches,
             "down": [{k: v.detach().clone() for k, v in self.down(i).items()} for i in range(self.num_branches)],
             "up": [{k: v.detach().clone() for k, v in self.up(i).items()} for i in range(self.num_branches)],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Inject the missing branches and copy the saved tensors into them."""
+        """Inject the missing branches and copy the saved tensors into them.
+
+        :raises ValueError: when the state was saved with other settings (e.g. another ``alpha``,
+            which would silently rescale every branch) or for other layers.
+        """
+        saved = state.get("settings")  # absent from states saved before settings were recorded
+        if saved is not None:
+            current = self.settings()
+            differing = [name for name in saved if saved[name] != current[name]]
+            if differing:
+                raise ValueError(
+                    "the saved LoRA branches were made with other settings: "
+                    + "; ".join(f"{name} {saved[name]!r} saved, {current[name]!r} here" for name in differing)
+                    + ": build LoraBranches with the saved settings"
+                )
         if state["num_branches"] < self.num_branches:
             raise ValueError(
                 f"the saved state has {state['num_branches']} branches but the model already has "
@@ -276,13 +312,13 @@ class LoraBranches:
                     for layer_name, param in current.items():
                         param.copy_(saved[layer_name])
 
-    def _check_targets(self) -> None:
+    def _targets(self) -> dict[str, nn.Module]:
+        """The modules ``target_modules`` names, by qualified name."""
         config = self.config()
-        matched = {
-            name: module
-            for name, module in self.model.named_modules()
-            if name and check_target_module_exists(config, name)
-        }
+        return {name: module for name, module in self.model.named_modules() if name and check_target_module_exists(config, name)}
+
+    def _check_targets(self) -> None:
+        matched = self._targets()
         if not matched:
             linear = sorted({name.rsplit(".", 1)[-1] for name, m in self.model.named_modules() if isinstance(m, ADAPTABLE_TYPES)})
             raise ValueError(

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--rank", type=positive_int, help="LoRA rank (default 4 SuperNI, 8 Long Sequence)")
     train.add_argument("--alpha", type=positive_float, default=32.0, help="LoRA alpha (default 32)")
     train.add_argument(
-        "--target-modules", type=comma_list(str), help="adapted layers (default peft's for the model: q and v)"
+        "--target-modules", type=comma_list(str), help="adapted layers (default peft's for the model: q and v; GPT-2 its fused q/k/v c_attn)"
     )
     _protocol_option(train, "--max-prompt-tokens", positive_int, "prompts keep their last tokens")
     _protocol_option(train, "--max-answer-tokens", positive_int, "training answers are cut to this, eos included")

@@ -107,6 +107,22 @@ def test_bad_branch_options_are_named(options, message):
         LoraBranches(tiny_llama(), **options)
 
 
+def test_a_string_target_is_one_regular_expression_not_letters():
+    branches = LoraBranches(tiny_llama(), target_modules=r".*\.q_proj")
+    branches.add_branch()
+    assert branches.layers() and all(name.endswith("q_proj") for name in branches.layers())
+
+
+@pytest.mark.parametrize(("options", "field"), [({"alpha": 16}, "alpha 32"), ({"target_modules": ["q_proj"]}, "layers")])
+def test_branch_state_of_other_settings_is_refused(options, field):
+    saved = LoraBranches(tiny_llama(), rank=2, alpha=32)
+    saved.add_branch()
+    fresh = LoraBranches(tiny_llama(), **{"rank": 2, "alpha": 32, **options})
+    with pytest.raises(ValueError, match=f"other settings: .*{field}.*build LoraBranches with the saved settings"):
+        fresh.load_state_dict(saved.state_dict())
+    assert fresh.num_branches == 0, "nothing is injected before the check"
+
+
 def test_model_type_without_default_targets_asks_for_them():
     with pytest.raises(ValueError, match="pass target_modules"):
         LoraBranches(nn.Sequential(nn.Linear(3, 3)))

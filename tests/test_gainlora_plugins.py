@@ -190,6 +190,19 @@ def test_state_round_trip_reproduces_generations(tmp_path):
     torch.testing.assert_close(fresh(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
 
 
+def test_state_saved_before_the_first_task_loads_and_trains():
+    model = tiny_llama()
+    benchmark = lm_benchmark(model, lm_tasks(1, size=2))
+    branches = LoraBranches(model, rank=2, alpha=4)
+    state = [plugin.state_dict() for plugin in (InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8))]
+    fresh_branches = LoraBranches(model, rank=2, alpha=4)
+    plugins = [InfLoRAPlugin(fresh_branches), GainLoRAPlugin(fresh_branches, hidden=8)]
+    for plugin, saved in zip(plugins, state):
+        plugin.load_state_dict(saved)
+    lm_strategy(model, plugins=plugins).train(benchmark.train_stream[0])
+    assert fresh_branches.num_branches == 1 and len(plugins[1].gates) == 1
+
+
 def test_gainlora_without_a_branch_plugin_is_rejected():
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(1, size=2))

@@ -24,6 +24,22 @@ def test_cache_rebuilds_after_an_in_place_update_and_never_holds_a_graph():
     assert cache.get([weight], build).requires_grad and len(builds) == 3  # a graph is needed: built anew
 
 
+def test_cache_sees_a_fused_optimizer_step():
+    """Fused kernels write parameters without bumping their version: the step itself must count."""
+    weight = torch.nn.Parameter(torch.ones(2, 2))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    cache = ParameterCache()
+    with torch.no_grad():
+        before = cache.get([weight], lambda: weight * 2)
+    version = weight._version
+    weight.grad = torch.ones(2, 2)
+    optimizer.step()
+    assert weight._version == version, "this test needs a step that leaves the version alone"
+    with torch.no_grad():
+        assert torch.equal(cache.get([weight], lambda: weight * 2), weight * 2)
+        assert not torch.equal(before, weight * 2)
+
+
 def test_gate_bank_batches_frozen_gates_and_trains_the_last_alone():
     torch.manual_seed(0)
     bank = GateBank(dim=12, hidden=5)
@@ -74,3 +90,17 @@ def test_training_concatenates_the_frozen_branches_once():
     assert torch.equal(newest.grad, torch.arange(30.0).view(10, 3)[8:10]), "the newest branch gets its own slice"
     with torch.no_grad():
         assert torch.equal(_side_by_side(ParameterCache(), [*frozen, newest], dim=1), torch.cat([*frozen, newest], 1))
+
+
+def test_branches_follow_parameters_replaced_by_a_load():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    branches = LoraBranches(model, rank=2)
+    branches.add_branch()
+    ids = torch.randint(3, 100, (2, 9))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        state = {name: torch.randn_like(value) if "lora_B" in name else value for name, value in model.state_dict().items()}
+        model.load_state_dict(state, assign=True)  # new Parameter objects, not copies into the old ones
+        after = model(input_ids=ids).logits
+    assert not torch.allclose(after, before)

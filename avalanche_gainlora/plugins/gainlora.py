@@ -112,11 +112,13 @@ class GainLoRAPlugin(SupervisedPlugin, supports_distributed=True):
         """Restore the gates into a fresh plugin (the branch plugin restores the branches)."""
         if len(self.gates):
             raise ValueError("load GainLoRA state into a freshly built plugin and model")
+        self.memory.load_state_dict(state["memory"])
+        if not state["num_gates"]:  # saved before the first task: routing starts with its gate
+            return
         model = self.branches.model
         model.add_module(GATES_ATTRIBUTE, self.gates)
         for _ in range(state["num_gates"]):
             self.gates.add(TaskGate(self.gates.dim, self.hidden))
         self.gates.load_state_dict(state["gates"])
         self.gates.to(model.get_input_embeddings().weight.device)
-        self.memory.load_state_dict(state["memory"])
         self.router.attach()
