@@ -159,6 +159,7 @@ def test_gainlora_olora_penalises_overlap_and_trains_only_the_current_branch_and
     assert sorted(set(checked)) == list(range(12))
     assert len(gainlora.gates) == branches.num_branches == 12
     # From the second task on the loss carries O-LoRA's penalty on top of the model's loss.
+    assert {task for task, _, _ in losses} == set(range(12)), "the probe saw every task"
     assert all(total == pytest.approx(lm) for task, total, lm in losses if task == 0)
     assert all(total > lm for task, total, lm in losses if task > 0)
 
