@@ -13,10 +13,11 @@ def differing_fields(configs: Sequence[Mapping[str, Any]], ignore: Sequence[str]
     A field missing from some configurations counts as differing from those that have it.
 
     :param configs: configurations, possibly nested (``{"hyperparams": {"epochs": 5}}``).
-    :param ignore: dotted names left out of the comparison, e.g. ``("seed",)``.
+    :param ignore: dotted names left out of the comparison with every field under them, e.g.
+        ``("seed", "settings.method_options")``.
     """
     flat = [_flatten(config) for config in configs]
-    names = set().union(*flat) - set(ignore)
+    names = {name for name in set().union(*flat) if not any(name == i or name.startswith(f"{i}.") for i in ignore)}
     return sorted(name for name in names if len({json.dumps(f.get(name), sort_keys=True) for f in flat}) > 1)
 
 

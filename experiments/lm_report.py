@@ -22,7 +22,7 @@ from experiments.cli_errors import exit_on_user_error
 from experiments.lm_methods import METHODS
 from experiments.lm_runner import SCORES
 from experiments.plots import plot_heatmaps
-from experiments.report import group_by_strategy, load_records, mean_matrix
+from experiments.report import check_one_protocol, group_by_strategy, load_records, mean_matrix
 from experiments.tables import markdown_table, summarise, write_csv
 
 #: Names of the scores in tables.
@@ -77,12 +77,18 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
     :param out_dir: the sweep's output folder (``<method>_seed<seed>.json`` records of one order).
     :return: the markdown summary.
     :raises FileNotFoundError: when the folder holds no record.
-    :raises ValueError: when records of several benchmarks, task orders or primary metrics are mixed.
+    :raises ValueError: when records of several benchmarks, task orders, primary metrics or protocols
+        (data, model, settings beyond each method's options) are mixed.
     """
     out = Path(out_dir)
     records = load_records(out)
     groups = group_by_strategy(records, key="method")
     tasks = _check_single_order(records)
+    check_one_protocol(
+        [record["config"] for record in records],
+        ignore=("method", "seed", "settings.method_options"),
+        allowed="the method, its options and the seed",
+    )
     primaries = {record["primary_metric"] for record in records}
     if len(primaries) > 1:
         raise ValueError(f"records with several primary metrics {sorted(primaries)} in one folder")

@@ -59,8 +59,9 @@ _PROTOCOL_HELP = (
     f"{CPU_PROTOCOL['inflora_max_samples']} samples per task; the seen tasks are evaluated after each task. "
     "On a CPU shared with other jobs set OMP_NUM_THREADS=1 (oversubscribed threads slow generation "
     "down many times). The paper's protocol (T5-Large) is all 15 tasks, all examples, 100 (SuperNI) / 10 "
-    "(Long Sequence) epochs, batch 32, lr 3e-4, 50 generated tokens: pass --num-tasks 15 --max-train 0 "
-    "--max-test 0 --epochs 100 --batch-size 32 --lr 3e-4 --max-new-tokens 50 --inflora-max-samples 0 on a GPU."
+    "(Long Sequence) epochs, batch 32, lr 3e-4, prompts of up to 512 tokens, answers and generations of up "
+    "to 50 (the official scripts): pass --num-tasks 15 --max-train 0 --max-test 0 --epochs 100 --batch-size 32 "
+    "--lr 3e-4 --max-prompt-tokens 512 --max-answer-tokens 50 --max-new-tokens 50 --inflora-max-samples 0 on a GPU."
 )
 
 

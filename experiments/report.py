@@ -24,6 +24,11 @@ from experiments.tables import divergence_note, markdown_table, summarise, write
 RECORD_PATTERN = "*_seed*.json"
 
 
+#: What the runs of one table may differ in: the strategy, its own options and the seed.
+_OWN_FIELDS = ("strategy", "seed", "hyperparams.options")
+_OWN_WORDS = "the strategy, its options and the seed"
+
+
 def load_records(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every run record of a folder.
 
@@ -60,6 +65,23 @@ def group_by_strategy(
                 "a mean over them would mix settings: keep each setting in its own folder"
             )
     return dict(groups)
+
+
+def check_one_protocol(configs: Sequence[Mapping[str, Any]], *, ignore: Sequence[str], allowed: str) -> None:
+    """Refuse a table whose rows ran under different protocols (e.g. a 1-epoch run of one strategy
+    beside 5-epoch runs of the others, written into the same folder).
+
+    :param configs: the configurations of every record of the table.
+    :param ignore: the fields the rows may differ in (dotted names, with every field under them).
+    :param allowed: those fields in words, for the message.
+    :raises ValueError: naming the fields that differ.
+    """
+    differing = differing_fields(configs, ignore=ignore)
+    if differing:
+        raise ValueError(
+            f"the records differ in {', '.join(differing)}, not only in {allowed}; a table over them "
+            "would compare different protocols: keep each protocol in its own folder"
+        )
 
 
 def mean_matrix(runs: Sequence[Mapping[str, Any]], field: str = "accuracy_matrix") -> np.ndarray:
@@ -114,6 +136,9 @@ def write_report(out_dir: str | os.PathLike) -> str:
             "the tuning.md that experiments.tune writes beside them ranks them"
         )
     groups = group_by_strategy(records)
+    # Joint trains without the preset's lr schedule: the schedule is compared between the others only.
+    check_one_protocol([r["config"] for r in records], ignore=(*_OWN_FIELDS, "hyperparams.lr_schedule"), allowed=_OWN_WORDS)
+    check_one_protocol([r["config"] for r in records if not r.get("joint", False)], ignore=_OWN_FIELDS, allowed=_OWN_WORDS)
     summaries = summarise(groups)
     order = [s.strategy for s in summaries]
     matrices = {name: mean_matrix(groups[name]) for name in order}

@@ -16,3 +16,8 @@ def test_a_field_missing_from_one_configuration_differs():
 
 def test_mapping_order_does_not_make_values_differ():
     assert differing_fields([{"a": [1, {"x": 1, "y": 2}]}, {"a": [1, {"y": 2, "x": 1}]}]) == []
+
+
+def test_an_ignored_name_covers_the_fields_under_it():
+    configs = [{"options": {"lam": 1}, "options_x": 1}, {"options": {"lam": 2}, "options_x": 2}]
+    assert differing_fields(configs, ignore=("options",)) == ["options_x"]

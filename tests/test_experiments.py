@@ -258,6 +258,17 @@ def test_report_refuses_to_average_other_settings_or_validation_runs(sweep_dir, 
         write_report(tmp_path)
 
 
+def test_report_refuses_strategies_run_under_other_protocols(sweep_dir, tmp_path):
+    for strategy in ("naive", "gpm"):
+        result_path(tmp_path, strategy, 0).write_text(result_path(sweep_dir, strategy, 0).read_text())
+    write_report(tmp_path)  # strategies may differ in their own options
+    record = json.loads(result_path(sweep_dir, "ewc", 0).read_text())
+    record["config"]["hyperparams"]["epochs"] += 1  # e.g. an --epochs run written into the same folder
+    result_path(tmp_path, "ewc", 0).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"differ in hyperparams\.epochs, not only in the strategy.*own folder"):
+        write_report(tmp_path)
+
+
 def test_cli_runs_and_reports(tmp_path, capsys):
     cli_main(["--strategies", "naive", "--seeds", "3", "--epochs", "1", "--tasks", "2", "--out", str(tmp_path)])
     assert result_path(tmp_path, "naive", 3).exists() and (tmp_path / "summary.md").exists()

@@ -179,6 +179,17 @@ def test_report_writes_tables_and_heat_maps(sweep):
         assert row["ap_std"] == "" and row["num_seeds"] == "1"
 
 
+def test_report_refuses_methods_run_on_other_data_or_settings(sweep, tmp_path):
+    out, _ = sweep
+    for method, change in (("seqlora", None), ("olora", ("data", "order")), ("inflora", ("settings", "epochs"))):
+        record = json.loads(result_path(out, method, 0).read_text())
+        if change:
+            record["config"][change[0]][change[1]] = 7
+        result_path(tmp_path, method, 0).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"differ in data\.order, settings\.epochs, not only in the method"):
+        write_lm_report(tmp_path)
+
+
 def test_report_without_gainlora_has_no_gate_heat_map(sweep, tmp_path):
     out, _ = sweep
     result_path(tmp_path, "seqlora", 0).write_text(result_path(out, "seqlora", 0).read_text())
@@ -317,6 +328,14 @@ def test_cached_loader_hands_out_independent_copies(monkeypatch):
 
 
 # -- command line --------------------------------------------------------------------------------
+
+
+def test_the_help_s_paper_recipe_sets_the_paper_s_limits():
+    recipe = lm_run._PROTOCOL_HELP.split("pass ")[-1].removesuffix(" on a GPU.").split()
+    args = lm_run.parse_args(["--data-root", "data", *recipe])
+    assert (args.num_tasks, args.epochs, args.batch_size, args.lr) == (15, 100, 32, 3e-4)
+    assert (args.max_prompt_tokens, args.max_answer_tokens, args.max_new_tokens) == (512, 50, 50)
+    assert (args.max_train, args.max_test, args.inflora_max_samples) == (None, None, None)
 
 
 def test_cli_defaults_are_the_cpu_protocol():
