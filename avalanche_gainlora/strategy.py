@@ -85,6 +85,7 @@ class LanguageModelStrategy(SupervisedTemplate):
         evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_lm_evaluator,
         max_new_tokens: int = 50,
         eval_every: int = -1,
+        reset_optimizer_state: bool = True,
         **base_kwargs: Any,
     ):
         """Init.
@@ -100,6 +101,10 @@ class LanguageModelStrategy(SupervisedTemplate):
         :param evaluator: instance of EvaluationPlugin for logging and metric computations.
         :param max_new_tokens: most tokens generated per answer.
         :param eval_every: the frequency of the calls to `eval` inside the training loop.
+        :param reset_optimizer_state: start every experience with a fresh optimizer state (moments,
+            step counts), as the GainLoRA code's new trainer per task does; False keeps Avalanche's
+            default of carrying it over (it matters for parameters trained on several tasks, e.g.
+            SeqLoRA's single branch).
         :param base_kwargs: any additional :class:`~avalanche.training.templates.SupervisedTemplate` arguments.
         """
         check_tokenizer(tokenizer)
@@ -122,9 +127,15 @@ class LanguageModelStrategy(SupervisedTemplate):
         )
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.reset_optimizer_state = reset_optimizer_state
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         if _batch_as_keywords not in model._forward_pre_hooks.values():  # a model reused by several strategies
             model.register_forward_pre_hook(_batch_as_keywords, with_kwargs=True, prepend=True)
+
+    def check_model_and_optimizer(self, reset_optimizer_state: bool = False, **kwargs: Any) -> None:
+        super().check_model_and_optimizer(
+            reset_optimizer_state=reset_optimizer_state or self.reset_optimizer_state, **kwargs
+        )
 
     def forward(self) -> ModelOutput:
         """The model output on the current mini-batch, loss included."""

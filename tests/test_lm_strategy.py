@@ -142,6 +142,24 @@ def test_learns_a_fixed_answer_exactly(name):
     assert strategy.generate(inputs) == ["ok!"] * 8
 
 
+@pytest.mark.parametrize("reset", [True, False])
+def test_each_experience_starts_a_fresh_optimizer_state_unless_told_not_to(reset):
+    model = tiny_llama()
+    steps = []
+
+    class AdamStep(SupervisedPlugin):
+        def before_update(self, strategy, **kwargs):
+            state = strategy.optimizer.state.get(next(iter(model.parameters())), {})
+            steps.append(int(state["step"]) if "step" in state else 0)
+
+    benchmark = lm_benchmark(model, lm_tasks(2, 4))
+    strategy = lm_strategy(model, evaluator=None, plugins=[AdamStep()], reset_optimizer_state=reset)
+    for experience in benchmark.train_stream:
+        strategy.train(experience)
+    # One step per experience (4 examples, batch 4): Adam's count before each step.
+    assert steps == ([0, 0] if reset else [0, 1])
+
+
 def test_model_gets_training_keywords_only():
     model = tiny_llama()
     calls = []
