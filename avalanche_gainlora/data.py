@@ -15,8 +15,9 @@ Every dataset built here collates a list of examples into one mini-batch
     the prompt alone, left padded for decoder-only models (generation continues at the right
     end), right padded for encoder-decoder models.
 
-- ``targets``: the reference answer strings encoded by :func:`encode_references`; read them
-  back with :func:`decode_references`.
+- ``targets``: the reference strings encoded by :func:`encode_references` (read them back with
+  :func:`decode_references`): each example's answer, followed by its alternatives if it has any
+  (joined by :func:`~avalanche_gainlora.scoring.join_answers`).
 - ``task_labels``: one task label per example.
 
 Padding is per mini-batch, and a mini-batch is collated from individual examples, so
@@ -35,6 +36,8 @@ from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from avalanche_gainlora.scoring import join_answers
+
 IGNORE_INDEX = -100
 """Label value that Hugging Face losses skip."""
 
@@ -51,10 +54,18 @@ class InstructionExample:
 
     :param prompt: the full prompt text the model sees (already formatted with the task definition).
     :param answer: the reference output the model should generate.
+    :param alternatives: further acceptable outputs (SuperNI instances with several references):
+        not trained on, but a prediction gets its best score over the answer and these.
     """
 
     prompt: str
     answer: str
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def reference(self) -> str:
+        """The string scored against: the answer and its alternatives."""
+        return join_answers((self.answer, *self.alternatives))
 
 
 class BatchInputs(dict):
@@ -191,7 +202,7 @@ def instruction_dataset(
         (
             _keep_end(prompt_ids, special_mask, max_prompt_tokens),
             tuple(answer_ids[: max_answer_tokens - 1]) + (tokenizer.eos_token_id,),
-            example.answer,
+            example.reference,
         )
         for prompt_ids, special_mask, answer_ids, example in zip(
             prompts["input_ids"], prompts["special_tokens_mask"], answers, examples

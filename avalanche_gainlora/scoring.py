@@ -9,6 +9,9 @@ from rouge_score import rouge_scorer
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
+#: Separates the acceptable answers held in one reference string (ASCII record separator).
+ANSWER_SEPARATOR = "\x1e"
+
 # Built once: the scorer holds the tokenizer and the Porter stemmer.
 _ROUGE_L = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -44,10 +47,24 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 100.0 * _ROUGE_L.score(reference, prediction)["rougeL"].fmeasure
 
 
+def join_answers(answers: Sequence[str]) -> str:
+    """Several acceptable answers as one reference string for :func:`batch_scores`.
+
+    :param answers: the answers, the one trained on first.
+    :raises ValueError: when an answer contains :data:`ANSWER_SEPARATOR` itself.
+    """
+    if any(ANSWER_SEPARATOR in answer for answer in answers):
+        raise ValueError("an answer contains the ASCII record separator (\\x1e) that joins references: remove it")
+    return ANSWER_SEPARATOR.join(answers)
+
+
 def batch_scores(
     score: Callable[[str, str], float], predictions: Sequence[str], references: Sequence[str]
 ) -> list[float]:
     """Score each prediction against the reference at the same position.
+
+    A reference made by :func:`join_answers` holds several acceptable answers; the prediction
+    gets its best score over them (SuperNI's evaluation).
 
     :param score: a pairwise score such as :func:`exact_match` or :func:`rouge_l`.
     :param predictions: the generated answers.
@@ -58,4 +75,7 @@ def batch_scores(
         raise ValueError(
             f"got {len(predictions)} predictions for {len(references)} references: pass one prediction per reference"
         )
-    return [score(prediction, reference) for prediction, reference in zip(predictions, references)]
+    return [
+        max(score(prediction, answer) for answer in reference.split(ANSWER_SEPARATOR))
+        for prediction, reference in zip(predictions, references)
+    ]

@@ -142,7 +142,7 @@ def result_path(out_dir: str | os.PathLike, method: str, seed: int) -> Path:
 def tasks_fingerprint(tasks: Sequence[InstructionTask]) -> str:
     """SHA-256 of the tasks' names, prompts and answers: a record is reused only for the same data."""
     content = [
-        [task.name, [[e.prompt, e.answer] for e in task.train], [[e.prompt, e.answer] for e in task.test]]
+        [task.name, *([[e.prompt, e.answer, *e.alternatives] for e in examples] for examples in (task.train, task.test))]
         for task in tasks
     ]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()

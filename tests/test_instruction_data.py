@@ -99,8 +99,10 @@ def test_custom_order_loads_tasks_in_the_given_order(data_root):
 
 def test_prompts_and_answers_are_formatted_exactly(data_root):
     samsum = load_tasks("superni", ["samsum"], data_root)[0]
-    # A list output's first reference is the answer.
-    assert samsum.train[3] == InstructionExample(SUPERNI_PROMPT.format("samsum def", "samsum x3"), "samsum y3")
+    # A list output's first reference is the answer, the others are alternatives for scoring.
+    assert samsum.train[3] == InstructionExample(
+        SUPERNI_PROMPT.format("samsum def", "samsum x3"), "samsum y3", alternatives=("alt",)
+    )
     assert samsum.test[0] == InstructionExample(SUPERNI_PROMPT.format("samsum def", "samsum t0"), "samsum u0")
     cb, copa = load_tasks("long_sequence", ["cb", "copa"], data_root)
     # Texts are kept as stored: the definition's trailing newline stays.

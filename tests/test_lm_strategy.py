@@ -15,6 +15,7 @@ from avalanche_gainlora.data import (
     instruction_dataset,
 )
 from avalanche_gainlora.generation_metrics import generation_metrics
+from avalanche_gainlora.scoring import join_answers
 from avalanche_gainlora.strategy import LanguageModelStrategy
 from tests.lm_fixtures import (
     char_tokenizer,
@@ -98,6 +99,14 @@ def test_truncation_keeps_prompt_end_and_special_tokens():
     answer = [token for token in inputs["labels"][0].tolist() if token != IGNORE_INDEX]
     assert tokenizer.decode(answer[:-1]) == "ab" and answer[-1] == tokenizer.eos_token_id
     assert decode_references(targets) == ["abcdef"]  # scoring sees the whole reference
+
+
+def test_alternatives_travel_with_the_answer_but_are_not_trained_on():
+    examples = [InstructionExample("q? ", "yes", alternatives=("yeah", "sure"))]
+    inputs, targets, _ = _collate(_dataset(examples))
+    assert decode_references(targets) == [join_answers(["yes", "yeah", "sure"])]
+    plain_inputs, _, _ = _collate(_dataset([InstructionExample("q? ", "yes")]))
+    assert torch.equal(inputs["labels"], plain_inputs["labels"])
 
 
 def test_references_round_trip_unicode():

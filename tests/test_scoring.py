@@ -2,7 +2,7 @@
 
 import pytest
 
-from avalanche_gainlora.scoring import batch_scores, exact_match, normalize_answer, rouge_l
+from avalanche_gainlora.scoring import batch_scores, exact_match, join_answers, normalize_answer, rouge_l
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,14 @@ def test_rouge_l_partial_overlap_is_stemmed_f1():
 def test_batch_scores_pairs_by_position():
     assert batch_scores(exact_match, ["yes", "no"], ["Yes!", "yes"]) == [100.0, 0.0]
     assert batch_scores(rouge_l, ["a b", "c"], ["a b", "d"]) == pytest.approx([100.0, 0.0])
+
+
+def test_a_prediction_gets_its_best_score_over_several_answers():
+    references = [join_answers(["blue whale", "whale"]), join_answers(["a b c d"])]
+    assert batch_scores(exact_match, ["Whale.", "a b"], references) == [100.0, 0.0]
+    assert batch_scores(rouge_l, ["the whale", "a b"], references) == pytest.approx([100 * 2 / 3, 100 * 2 / 3])
+    with pytest.raises(ValueError, match="record separator"):
+        join_answers(["a\x1eb"])
 
 
 def test_batch_scores_rejects_length_mismatch():

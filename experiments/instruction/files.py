@@ -7,7 +7,7 @@ Layout, shared by both benchmarks: ``{"Definition": [str], "Instances": [{"input
   empty list (its inputs carry the instruction), read as the empty string.
 - ``output`` is a string (Long Sequence, SuperNI classification tasks) or a list of acceptable
   references (the other SuperNI tasks; quoref and glucose have several for some instances). The
-  first reference is the answer, the one a model is trained on and scored against.
+  first reference is the answer a model is trained on; a prediction is scored against all of them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ class TaskFile(NamedTuple):
     """The content of one split file.
 
     :param definition: the task's instruction.
-    :param instances: ``(input, answer)`` pairs in file order.
+    :param instances: ``(input, references)`` pairs in file order; the first reference is the answer.
     """
 
     definition: str
-    instances: list[tuple[str, str]]
+    instances: list[tuple[str, tuple[str, ...]]]
 
 
 def _definition(value: object, path: Path) -> str:
@@ -36,11 +36,11 @@ def _definition(value: object, path: Path) -> str:
     raise ValueError(f"{path}: 'Definition' must be a string or a list of strings, got {value!r}")
 
 
-def _answer(value: object, path: Path, index: int) -> str:
+def _references(value: object, path: Path, index: int) -> tuple[str, ...]:
     if isinstance(value, str):
-        return value
+        return (value,)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value[0]
+        return tuple(value)
     raise ValueError(
         f"{path}: instance {index} 'output' must be a string or a non-empty list of strings, got {value!r}"
     )
@@ -50,7 +50,7 @@ def read_task_file(path: Path) -> TaskFile:
     """Read one split file.
 
     :param path: a ``train.json`` or ``test.json`` of a task.
-    :return: the definition and the ``(input, answer)`` pairs, texts unchanged (no stripping).
+    :return: the definition and the ``(input, references)`` pairs, texts unchanged (no stripping).
     :raises ValueError: when the file does not follow the layout above.
     """
     with open(path, encoding="utf-8") as f:
@@ -61,5 +61,5 @@ def read_task_file(path: Path) -> TaskFile:
     for index, instance in enumerate(data["Instances"]):
         if not isinstance(instance, dict) or not isinstance(instance.get("input"), str) or "output" not in instance:
             raise ValueError(f"{path}: instance {index} needs a string 'input' and an 'output'")
-        instances.append((instance["input"], _answer(instance["output"], path, index)))
+        instances.append((instance["input"], _references(instance["output"], path, index)))
     return TaskFile(_definition(data["Definition"], path), instances)

@@ -81,8 +81,13 @@ def _missing_files(
     return problems
 
 
-def _examples(spec: InstructionBenchmark, definition: str, pairs: list[tuple[str, str]]) -> list[InstructionExample]:
-    return [InstructionExample(prompt=spec.prompt(definition, text), answer=answer) for text, answer in pairs]
+def _examples(
+    spec: InstructionBenchmark, definition: str, pairs: list[tuple[str, tuple[str, ...]]]
+) -> list[InstructionExample]:
+    return [
+        InstructionExample(prompt=spec.prompt(definition, text), answer=references[0], alternatives=references[1:])
+        for text, references in pairs
+    ]
 
 
 def _load_task(
