@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from experiments.benchmarks import get_benchmark
 from experiments.hyperparams import Hyperparams
@@ -61,3 +62,15 @@ def preset_hyperparams(args: argparse.Namespace) -> Hyperparams:
     """The benchmark's preset with the ``--epochs`` override of :func:`add_run_arguments` applied."""
     hyperparams = get_benchmark(args.benchmark).defaults
     return hyperparams if args.epochs is None else hyperparams.replace(epochs=args.epochs)
+
+
+def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`experiments.runner.run` that :func:`add_run_arguments` sets."""
+    return {
+        "hyperparams": preset_hyperparams(args),
+        "num_tasks": args.tasks,
+        "data_root": args.data_root,
+        "download": args.download,
+        "device": args.device,
+        "force": args.force,
+    }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from avalanche_gpm.distributed import DistributedHelper, shutdown_distributed
 from experiments.benchmarks import BENCHMARKS
 from experiments.cli_errors import exit_on_user_error
-from experiments.cli_types import add_run_arguments, comma_list, preset_hyperparams, strategy_name
+from experiments.cli_types import add_run_arguments, comma_list, run_keywords, strategy_name
 from experiments.report import write_report
 from experiments.runner import run
 from experiments.strategies import STRATEGIES
@@ -69,22 +69,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cuda = args.device.startswith("cuda")
         if not DistributedHelper.init_distributed(args.seeds[0], backend="nccl" if cuda else "gloo", use_cuda=cuda):
             raise SystemExit("--distributed needs a torchrun launch (LOCAL_RANK is not set)")
-    hyperparams = preset_hyperparams(args)
+    keywords = run_keywords(args)
     with exit_on_user_error():
         for seed in args.seeds:
             for strategy in args.strategies:
-                run(
-                    args.benchmark,
-                    strategy,
-                    seed,
-                    args.out,
-                    hyperparams=hyperparams,
-                    num_tasks=args.tasks,
-                    data_root=args.data_root,
-                    download=args.download,
-                    device=args.device,
-                    force=args.force,
-                )
+                run(args.benchmark, strategy, seed, args.out, **keywords)
         if DistributedHelper.is_main_process:
             print(write_report(args.out))
             print(f"Records, summary.md, summary.csv and figures are in {args.out}")

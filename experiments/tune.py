@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from experiments.benchmarks import BENCHMARKS, get_benchmark
-from experiments.cli_types import add_run_arguments, comma_list, preset_hyperparams, strategy_name
+from experiments.cli_types import add_run_arguments, comma_list, run_keywords, strategy_name
 from experiments.cli_errors import exit_on_user_error
 from experiments.configs import differing_fields
 from experiments.evaluation import quiet_evaluator
@@ -264,24 +264,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     :param argv: arguments (default ``sys.argv[1:]``).
     """
     args = parse_args(argv)
-    hyperparams = preset_hyperparams(args)
     with exit_on_user_error():
         points = grid_points(args.grid)
-        print(
-            tune(
-                args.benchmark,
-                args.strategy,
-                points,
-                args.seeds,
-                args.out,
-                hyperparams=hyperparams,
-                num_tasks=args.tasks,
-                data_root=args.data_root,
-                download=args.download,
-                device=args.device,
-                force=args.force,
-            )
-        )
+        print(tune(args.benchmark, args.strategy, points, args.seeds, args.out, **run_keywords(args)))
 
 
 if __name__ == "__main__":
