@@ -53,10 +53,11 @@ class ParameterCache:
         :param build: makes the tensor from ``parameters``.
         :param context: anything else the result depends on (shapes, dtypes), compared by equality.
         """
-        if torch.is_grad_enabled() and any(p.requires_grad for p in parameters):
+        trainable = any(p.requires_grad for p in parameters)
+        if trainable and torch.is_grad_enabled():
             return build()  # the result must carry this forward pass's graph
         # Frozen parameters get no gradient, so no optimizer step writes them.
-        steps = _OptimizerSteps.count if any(p.requires_grad for p in parameters) else None
+        steps = _OptimizerSteps.count if trainable else None
         key = (context, steps, tuple((p.data_ptr(), p._version) for p in parameters))
         same = len(parameters) == len(self._parameters) and all(a is b for a, b in zip(parameters, self._parameters))
         if not same or key != self._key:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from avalanche_gainlora.branches import LoraBranches
-from avalanche_gainlora.data import instruction_benchmark
+from avalanche_gainlora.data import InstructionExample, instruction_benchmark
 from avalanche_gainlora.distributed import DistributedHelper, DistributedLoRAPlugin
 from avalanche_gainlora.generation_metrics import generation_metrics
 from avalanche_gainlora.plugins import GainLoRAPlugin
@@ -141,10 +141,10 @@ def result_path(out_dir: str | os.PathLike, method: str, seed: int) -> Path:
 
 def tasks_fingerprint(tasks: Sequence[InstructionTask]) -> str:
     """SHA-256 of the tasks' names, prompts and answers: a record is reused only for the same data."""
-    content = [
-        [task.name, *([[e.prompt, e.answer, *e.alternatives] for e in examples] for examples in (task.train, task.test))]
-        for task in tasks
-    ]
+    def rows(examples: Sequence[InstructionExample]) -> list[list[str]]:
+        return [[e.prompt, e.answer, *e.alternatives] for e in examples]
+
+    content = [[task.name, rows(task.train), rows(task.test)] for task in tasks]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 

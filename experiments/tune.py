@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from experiments.benchmarks import BENCHMARKS, get_benchmark
-from experiments.cli_types import add_run_arguments, comma_list, run_keywords, strategy_name
 from experiments.cli_errors import exit_on_user_error
+from experiments.cli_types import add_run_arguments, comma_list, run_keywords, strategy_name
 from experiments.configs import differing_fields
 from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
