@@ -5,7 +5,9 @@ After each task the inputs of the current gate's three layers on that task (``p0
 
 * the new gate copies the previous MLP and its key is the strongest direction of the new task's
   ``p2`` outside the old ``p2`` subspace (the official rule), so ``cos(p2(x_old), k) ~ 0`` and the
-  new branch starts switched off for old inputs;
+  new branch starts switched off for old inputs; the key is rescaled to the official norm
+  :func:`~avalanche_gainlora.gates.key_norm` (the cosine ignores it, but it sets how far an
+  optimizer step turns the key);
 * every change of the new gate's parameters is projected off the old subspaces
   (``dG <- dG (I - M M^T)``, ``dk <- (I - M M^T) dk``), so old inputs keep ``p1``, ``p2`` and a
   zero cosine with the key whatever the optimizer does.
@@ -21,21 +23,16 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from avalanche_gpm.memory import GradientProjectionMemory
 from avalanche_gpm.projection import SubspaceProjector
-from avalanche_gpm.settings import LinearSchedule, ThresholdSpec, check_threshold_spec, resolve_thresholds
+from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_thresholds
 from avalanche_gpm.subspace import top_residual_directions
-from avalanche_gainlora.gates import TaskGate
+from avalanche_gainlora.bases import BasisRule, input_memory, official_threshold
+from avalanche_gainlora.gates import TaskGate, key_norm
+
+__all__ = ["GATE_LAYERS", "GateMemory", "gate_grams", "official_threshold"]
 
 #: The gate's layers, named after the input each of them sees: G1 (p0), G2 (p1), key (p2).
 GATE_LAYERS: tuple[str, ...] = ("down", "up", "key")
-
-
-def official_threshold(num_tasks: int) -> LinearSchedule:
-    """The official schedule ``eps_t = 0.995 + 0.005 (t - 1) / T`` (task ``t`` counted from 1)."""
-    if num_tasks <= 0:
-        raise ValueError(f"num_tasks must be positive, got {num_tasks}")
-    return LinearSchedule(0.995, 0.005 / num_tasks)
 
 
 def gate_grams(gate: TaskGate, pooled_batches: Iterable[Tensor]) -> dict[str, Tensor]:
@@ -66,12 +63,14 @@ class GateMemory:
     :param hidden: width of the gate's MLP.
     :param threshold: energy threshold of the bases: a float, a mapping over ``GATE_LAYERS``, or a
         callable ``task -> threshold`` such as :func:`official_threshold`.
+    :param rule: energy rule of the bases, ``"official"`` (the GainLoRA code) or ``"gpm"``
+        (see :mod:`avalanche_gainlora.bases`).
     """
 
-    def __init__(self, dim: int, hidden: int, threshold: ThresholdSpec = 0.995):
+    def __init__(self, dim: int, hidden: int, threshold: ThresholdSpec = 0.995, rule: BasisRule = "official"):
         check_threshold_spec(threshold)
         self.threshold = threshold
-        self.memory = GradientProjectionMemory({"down": dim, "up": hidden, "key": dim})
+        self.memory = input_memory({"down": dim, "up": hidden, "key": dim}, rule)
         # The bases live on the CPU; the projectors on the gates' device, rebuilt when it changes.
         self._projectors: dict[str, SubspaceProjector] = {}
         self._device = torch.device("cpu")
@@ -79,6 +78,10 @@ class GateMemory:
     @property
     def bases(self) -> dict[str, Tensor | None]:
         return self.memory.bases
+
+    def basis_sizes(self) -> dict[str, int]:
+        """Number of stored directions of every gate layer."""
+        return {layer: usage.basis_size for layer, usage in self.memory.usage().items()}
 
     def update(self, grams: dict[str, Tensor], task: int) -> None:
         """Grow every basis with one task's gate-input Gram matrices.
@@ -94,7 +97,8 @@ class GateMemory:
 
         :param grams: :func:`gate_grams` of the new task's inputs through the gate the new one copies.
         """
-        return top_residual_directions(grams["key"], self.bases["key"], 1)[:, 0]
+        direction = top_residual_directions(grams["key"], self.bases["key"], 1)[:, 0]
+        return direction * key_norm(direction.numel())
 
     def snapshot(self, gate: TaskGate) -> dict[str, Tensor]:
         """Copies of the gate's constrained parameters, taken before an optimizer step."""

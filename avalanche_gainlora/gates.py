@@ -22,6 +22,11 @@ from avalanche_gainlora.parameter_cache import ParameterCache
 COSINE_SCALE = 4.0
 
 
+def key_norm(dim: int) -> float:
+    """The official key's norm: that of a ``uniform(-1, 1)`` vector of size ``dim``, ``sqrt(dim / 3)``."""
+    return (dim / 3) ** 0.5
+
+
 def gate_activation(logit: Tensor) -> Tensor:
     """``f(b) = |2 sigmoid(b) - 1|``: 0 at ``b = 0``, towards 1 for large ``|b|``."""
     return (2 * torch.sigmoid(logit) - 1).abs()
@@ -57,7 +62,8 @@ class TaskGate(nn.Module):
         super().__init__()
         self.down = nn.Linear(dim, hidden, bias=False)  # G1
         self.up = nn.Linear(hidden, dim, bias=False)  # G2
-        self.key = nn.Parameter(torch.randn(dim) / dim**0.5)
+        # uniform(-1, 1): later keys are rescaled to its expected norm, key_norm(dim), as in the official code
+        self.key = nn.Parameter(torch.empty(dim).uniform_(-1.0, 1.0))
 
     def activations(self, pooled: Tensor) -> GateActivations:
         hidden = F.silu(self.down(pooled))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from avalanche_gpm.subspace import top_residual_directions
@@ -26,3 +27,20 @@ def design_down_projection(covariance: Tensor, basis: Tensor | None, rank: int) 
     :param rank: the branch's rank.
     """
     return top_residual_directions(covariance, basis, rank).T * DOWN_PROJECTION_SCALE
+
+
+def reachable_energy(down: Tensor, covariance: Tensor) -> float:
+    """Share of the new task's input energy ``trace(C)`` that lies in the row space of ``A_t``.
+
+    It is what the branch can act on: a ``B_t A_t`` update changes the outputs of inputs only
+    through their component in that space.
+
+    :param down: ``A_t`` (``rank x in``).
+    :param covariance: ``(in, in)`` covariance (or Gram matrix) of the layer's inputs on the new task.
+    """
+    covariance = covariance.double()
+    total = float(torch.trace(covariance))
+    if total <= 0:
+        return 0.0
+    rows, _ = torch.linalg.qr(down.detach().double().T.to(covariance.device))
+    return float(torch.einsum("dr,de,er->", rows, covariance, rows)) / total

@@ -107,7 +107,11 @@ class GateRouter:
         if _continues_cache(input_ids, attention_mask, kwargs):
             return
         pooled = self.pooled(input_ids, attention_mask, kwargs.get("labels"), inputs_embeds)
-        self.weights.values = self.gates(pooled.to(self.gates.current.key.dtype))
+        key = self.gates.current.key
+        # Gates in their own precision even under bf16 autocast: the constraints that keep old
+        # tasks' gate values are exact only up to the arithmetic's round-off.
+        with torch.autocast(key.device.type, enabled=False):
+            self.weights.values = self.gates(pooled.to(key.dtype))
 
     def pooled(
         self,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from avalanche.benchmarks.utils.data_loader import TaskBalancedDataLoader
@@ -47,6 +48,10 @@ class LanguageModelLoss:
         return output.loss
 
 
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
 def default_lm_evaluator() -> EvaluationPlugin:
     """Loss, exact match and ROUGE-L per experience and stream, printed by an interactive logger."""
     return EvaluationPlugin(
@@ -69,6 +74,11 @@ class LanguageModelStrategy(SupervisedTemplate):
     :class:`~avalanche_gainlora.data.BatchInputs` into those keyword arguments, so Avalanche
     plugins that call ``model(mb_x)`` (EWC's importance pass, LwF) work unchanged. The hook
     runs before every other forward pre-hook.
+
+    ``precision="bf16"`` runs the training forward pass and generation under
+    ``torch.autocast(dtype=torch.bfloat16)`` (CPU or CUDA); parameters, gradients and optimizer
+    states stay float32, and so do the plugins' statistics passes, bases and projections, which run
+    outside the strategy's forward (GainLoRA's gates are computed in float32 too).
     """
 
     def __init__(
@@ -86,6 +96,8 @@ class LanguageModelStrategy(SupervisedTemplate):
         max_new_tokens: int = 50,
         eval_every: int = -1,
         reset_optimizer_state: bool = True,
+        precision: Precision = "fp32",
+        max_grad_norm: float | None = None,
         **base_kwargs: Any,
     ):
         """Init.
@@ -105,6 +117,9 @@ class LanguageModelStrategy(SupervisedTemplate):
             step counts), as the GainLoRA code's new trainer per task does; False keeps Avalanche's
             default of carrying it over (it matters for parameters trained on several tasks, e.g.
             SeqLoRA's single branch).
+        :param precision: ``"fp32"`` or ``"bf16"`` (autocast of the training forward and of generation).
+        :param max_grad_norm: clip the gradients' global norm to this before every optimizer step
+            (Hugging Face's Trainer, which the official GainLoRA scripts use, clips at 1.0); None: no clipping.
         :param base_kwargs: any additional :class:`~avalanche.training.templates.SupervisedTemplate` arguments.
         """
         check_tokenizer(tokenizer)
@@ -112,6 +127,10 @@ class LanguageModelStrategy(SupervisedTemplate):
             raise TypeError(f"model must be a Hugging Face PreTrainedModel with a `config`, got {type(model).__name__}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: generate at least one token")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be a positive number or None (no clipping), got {max_grad_norm!r}")
         super().__init__(
             model=model,
             optimizer=optimizer,
@@ -128,6 +147,8 @@ class LanguageModelStrategy(SupervisedTemplate):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.reset_optimizer_state = reset_optimizer_state
+        self.precision: Precision = precision
+        self.max_grad_norm = max_grad_norm
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         if _batch_as_keywords not in model._forward_pre_hooks.values():  # a model reused by several strategies
             model.register_forward_pre_hook(_batch_as_keywords, with_kwargs=True, prepend=True)
@@ -137,10 +158,24 @@ class LanguageModelStrategy(SupervisedTemplate):
             reset_optimizer_state=reset_optimizer_state or self.reset_optimizer_state, **kwargs
         )
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of the training forward pass and of generation."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+
     def forward(self) -> ModelOutput:
         """The model output on the current mini-batch, loss included."""
-        # Keyword arguments only: other plugins' forward pre-hooks read them by name.
-        return self.model(**{key: self.mb_x[key] for key in TRAINING_KEYS})
+        with self.autocast():
+            # Keyword arguments only: other plugins' forward pre-hooks read them by name.
+            return self.model(**{key: self.mb_x[key] for key in TRAINING_KEYS})
+
+    def optimizer_step(self) -> None:
+        """Clip the gradients' global norm (when ``max_grad_norm`` is set), then step."""
+        if self.max_grad_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        super().optimizer_step()
 
     @torch.no_grad()
     def generate(self, inputs: Mapping[str, Tensor]) -> list[str]:
@@ -154,15 +189,16 @@ class LanguageModelStrategy(SupervisedTemplate):
         if was_training:  # switching walks every module: skip it in evaluation, where the model is in eval mode
             self.model.eval()
         try:
-            output = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=inputs["gen_attention_mask"].to(self.device),
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
+            with self.autocast():
+                output = self.model.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=inputs["gen_attention_mask"].to(self.device),
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                )
         finally:
             if was_training:
                 self.model.train()

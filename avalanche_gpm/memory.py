@@ -20,7 +20,15 @@ from avalanche_gpm.projection import (
     projection_flops,
 )
 from avalanche_gpm.step_recorder import StepRecord
-from avalanche_gpm.subspace import FIRST_TASK_RULES, FirstTaskRule, basis_strengths, grow_basis, scaled_importance
+from avalanche_gpm.subspace import (
+    FIRST_TASK_RULES,
+    EnergyRule,
+    FirstTaskRule,
+    basis_strengths,
+    check_energy_rule,
+    grow_basis,
+    scaled_importance,
+)
 
 
 @dataclass(frozen=True)
@@ -86,12 +94,15 @@ def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
 TAKEOVER_COST_FLOPS = 2e6
 
 
-def check_memory_options(first_task_rule: str, sgp_alpha: float | None) -> None:
+def check_memory_options(first_task_rule: str, sgp_alpha: float | None, energy: str = "gram") -> None:
     """Fail early on options :class:`GradientProjectionMemory` cannot use."""
     if first_task_rule not in FIRST_TASK_RULES:
         raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
+    check_energy_rule(energy)
     if sgp_alpha is not None and not sgp_alpha > 0:
         raise ValueError(f"sgp_alpha must be a positive number (the SGP paper uses 10), got {sgp_alpha!r}")
+    if sgp_alpha is not None and energy != "gram":
+        raise ValueError("SGP's importances are defined on GPM's energies: use energy='gram' with sgp_alpha")
 
 
 class GradientProjectionMemory:
@@ -103,6 +114,8 @@ class GradientProjectionMemory:
     :param projection_form: force one projection form for every layer (default: cheapest).
     :param sgp_alpha: ``None`` for GPM's orthogonal projection; a number for SGP's scaled
         projection (Saha & Roy, AAAI 2023) with that importance coefficient (paper: 10).
+    :param energy: ``"gram"`` (GPM's energies, the default) or ``"covariance"`` (the squared
+        eigenvalues the InfLoRA / GainLoRA code uses), see :mod:`avalanche_gpm.subspace`.
     """
 
     def __init__(
@@ -111,8 +124,10 @@ class GradientProjectionMemory:
         first_task_rule: FirstTaskRule = "paper",
         projection_form: ProjectionForm | None = None,
         sgp_alpha: float | None = None,
+        energy: EnergyRule = "gram",
     ):
-        check_memory_options(first_task_rule, sgp_alpha)
+        check_memory_options(first_task_rule, sgp_alpha, energy)
+        self.energy: EnergyRule = energy
         self.input_dims = dict(input_dims)
         self.first_task_rule: FirstTaskRule = first_task_rule
         self.projection_form = projection_form
@@ -140,7 +155,7 @@ class GradientProjectionMemory:
             if name not in grams:
                 raise ValueError(f"no representation was captured for protected layer {name!r}")
             gram, old_basis = grams[name].double().cpu(), self.bases[name]
-            update = grow_basis(old_basis, gram, thresholds[name], self.first_task_rule)
+            update = grow_basis(old_basis, gram, thresholds[name], self.first_task_rule, self.energy)
             if self.sgp_alpha is not None:
                 self.importances[name] = self._grow_importance(name, old_basis, gram, update.added_energies)
             self.bases[name] = update.basis
@@ -238,6 +253,7 @@ class GradientProjectionMemory:
             "importances": dict(self.importances),
             "first_task_rule": self.first_task_rule,
             "sgp_alpha": self.sgp_alpha,
+            "energy": self.energy,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -256,6 +272,12 @@ class GradientProjectionMemory:
         if state["sgp_alpha"] != self.sgp_alpha:
             raise ValueError(
                 f"GPM state was saved with sgp_alpha={state['sgp_alpha']} but this memory uses {self.sgp_alpha}"
+            )
+        energy = state.get("energy", "gram")  # states saved before the energy rule existed used GPM's
+        if energy != self.energy:
+            raise ValueError(
+                f"the saved bases were grown with the {energy!r} energy rule but this memory uses {self.energy!r}; "
+                "build the plugin with the rule the state was saved with"
             )
         self.bases = {name: None if basis is None else basis.clone() for name, basis in bases.items()}
         self.importances = {name: None if imp is None else imp.clone() for name, imp in state["importances"].items()}

@@ -8,6 +8,18 @@ energy criterion is available from ``K``, which can be accumulated batch by batc
 memory however many columns (samples, im2col patches, tokens) ``R`` has.
 
 Bases are orthonormal column matrices ``M`` of shape ``(in, k)``. Decompositions run in float64.
+
+Two energy rules decide how many directions a basis keeps (``energy=``):
+
+* ``"gram"`` (GPM): the energy of a direction is an eigenvalue ``lambda_i`` of ``K``, i.e. a
+  squared singular value of ``R``.
+* ``"covariance"`` (the InfLoRA and GainLoRA code): ``K`` is read as a covariance ``C`` and the
+  energy of a direction is the squared singular value of ``C``, ``lambda_i^2``; later tasks use
+  the residual ``C - M M^T C`` measured against ``||C||_F^2``. This is GPM's rule applied to
+  ``C C^T`` (the squared singular values of ``(I - M M^T) C`` are the eigenvalues of
+  ``(I - M M^T) C C^T (I - M M^T)``, and ``trace(C C^T) = ||C||_F^2``), which is how it is
+  implemented: one set of criteria for both. It keeps far fewer directions, since squaring
+  sharpens the spectrum.
 """
 
 from __future__ import annotations
@@ -17,8 +29,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-FirstTaskRule = Literal["paper", "official"]
-FIRST_TASK_RULES: tuple[str, ...] = ("paper", "official")
+FirstTaskRule = Literal["paper", "official", "official_min1"]
+FIRST_TASK_RULES: tuple[str, ...] = ("paper", "official", "official_min1")
+
+EnergyRule = Literal["gram", "covariance"]
+ENERGY_RULES: tuple[str, ...] = ("gram", "covariance")
 
 # Cumulative energy ratios are compared with this slack so that round-off (energy ~1e-16 in
 # directions the data does not span) cannot make a threshold of 1.0 unreachable.
@@ -43,12 +58,13 @@ def first_task_rank(s2: Tensor, threshold: float, rule: FirstTaskRule = "paper")
     """Number of directions kept from the first representation (paper, eq. 5).
 
     ``paper``: the smallest ``k`` whose directions hold at least ``threshold`` of the energy.
-    ``official``: the authors' code keeps ``sum(cumsum(ratio) < threshold)``, one direction
+    ``official``: the GPM authors' code keeps ``sum(cumsum(ratio) < threshold)``, one direction
     fewer than the paper (and none at all when the first direction alone reaches the threshold).
+    ``official_min1``: the InfLoRA / GainLoRA code, ``max(sum(cumsum(ratio) < threshold), 1)``.
 
-    :param s2: energies (squared singular values) in decreasing order.
+    :param s2: energies in decreasing order.
     :param threshold: energy fraction in (0, 1].
-    :param rule: ``"paper"`` or ``"official"``.
+    :param rule: one of :data:`FIRST_TASK_RULES`.
     """
     if rule not in FIRST_TASK_RULES:
         raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {rule!r}")
@@ -56,7 +72,25 @@ def first_task_rank(s2: Tensor, threshold: float, rule: FirstTaskRule = "paper")
     if total <= 0:
         return 0
     below = int((torch.cumsum(s2 / total, 0) < threshold - _ENERGY_SLACK).sum())
-    return below if rule == "official" else min(below + 1, s2.numel())
+    if rule == "official":
+        return below
+    if rule == "official_min1":
+        return max(below, 1)
+    return min(below + 1, s2.numel())
+
+
+def check_energy_rule(energy: str) -> None:
+    """Fail early on an energy rule :func:`grow_basis` does not know."""
+    if energy not in ENERGY_RULES:
+        raise ValueError(f"energy rule must be one of {ENERGY_RULES}, got {energy!r}")
+
+
+def energy_matrix(gram: Tensor, energy: EnergyRule = "gram") -> Tensor:
+    """The float64 matrix whose eigenvalues are the energies of ``energy``'s rule: ``K`` itself for
+    ``"gram"``, ``C C^T`` for ``"covariance"`` (see the module docstring)."""
+    check_energy_rule(energy)
+    gram = gram.double()
+    return gram if energy == "gram" else gram @ gram.T
 
 
 def residual_rank(residual_s2: Tensor, total: float, threshold: float) -> int:
@@ -91,6 +125,7 @@ def grow_basis(
     gram: Tensor,
     threshold: float,
     first_task_rule: FirstTaskRule = "paper",
+    energy: EnergyRule = "gram",
 ) -> BasisUpdate:
     """Extend an orthonormal basis so that it explains ``threshold`` of a new representation.
 
@@ -99,10 +134,11 @@ def grow_basis(
     :param gram: Gram matrix ``R R^T`` (``d x d``) of the new representation.
     :param threshold: energy fraction in (0, 1].
     :param first_task_rule: see :func:`first_task_rank`.
+    :param energy: ``"gram"`` (GPM) or ``"covariance"`` (InfLoRA / GainLoRA code), see the module docstring.
     :return: the new basis (float64, old columns first, never more than ``d`` columns) and the
-        energies (squared singular values) of the added columns.
+        energies of the added columns under the chosen rule.
     """
-    gram = gram.double()
+    gram = energy_matrix(gram, energy)
     dim = gram.shape[0]
     if basis is None:
         directions, s2 = principal_directions(gram)

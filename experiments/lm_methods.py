@@ -19,8 +19,8 @@ from typing import Any
 from avalanche.training.plugins import SupervisedPlugin
 
 from avalanche_gpm.settings import ThresholdSpec
+from avalanche_gainlora.bases import OFFICIAL_SCHEDULE_TASKS, BasisRule, check_basis_rule, official_threshold
 from avalanche_gainlora.branches import LoraBranches
-from avalanche_gainlora.gate_memory import official_threshold
 from avalanche_gainlora.plugins import GainLoRAPlugin, InfLoRAPlugin, OLoRAPlugin, SeqLoRAPlugin
 
 #: Gate MLP width of the paper: 100 for T5 (encoder-decoder), 50 for LLaMA (decoder-only).
@@ -35,7 +35,11 @@ class MethodOptions:
     :param lambda1: weight of O-LoRA's orthogonality penalty (0.5 in the official scripts).
     :param threshold: energy threshold of InfLoRA's input bases and GainLoRA's gate-input bases;
         ``None`` is the official schedule ``0.995 + 0.005 (t - 1) / T``
-        (:func:`~avalanche_gainlora.gate_memory.official_threshold`).
+        (:func:`~avalanche_gainlora.bases.official_threshold`) with ``T = schedule_tasks``.
+    :param schedule_tasks: ``T`` of the official schedule: the benchmark's 15 tasks, as in the
+        official scripts, however many tasks run.
+    :param basis_rule: energy rule of those bases, ``"official"`` (squared covariance eigenvalues,
+        the methods' code) or ``"gpm"`` (see :mod:`avalanche_gainlora.bases`).
     :param gate_hidden: width of GainLoRA's gate MLP; ``None`` is the paper's value for the
         model (100 encoder-decoder, 50 decoder-only).
     :param inflora_max_samples: samples of each task used for InfLoRA's input statistics (all when None).
@@ -44,9 +48,14 @@ class MethodOptions:
 
     lambda1: float = 0.5
     threshold: float | None = None
+    schedule_tasks: int = OFFICIAL_SCHEDULE_TASKS
+    basis_rule: BasisRule = "official"
     gate_hidden: int | None = None
     inflora_max_samples: int | None = None
     gate_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_basis_rule(self.basis_rule)
 
 
 PluginBuilder = Callable[[LoraBranches, MethodOptions, ThresholdSpec, int], list[SupervisedPlugin]]
@@ -73,14 +82,19 @@ def _olora(branches: LoraBranches, options: MethodOptions) -> OLoRAPlugin:
 
 
 def _inflora(branches: LoraBranches, options: MethodOptions, threshold: ThresholdSpec) -> InfLoRAPlugin:
-    return InfLoRAPlugin(branches, threshold=threshold, max_samples=options.inflora_max_samples)
+    return InfLoRAPlugin(
+        branches, threshold=threshold, max_samples=options.inflora_max_samples, rule=options.basis_rule
+    )
 
 
 def _gates(branches: LoraBranches, options: MethodOptions, threshold: ThresholdSpec, hidden: int) -> GainLoRAPlugin:
-    return GainLoRAPlugin(branches, hidden=hidden, threshold=threshold, batch_size=options.gate_batch_size)
+    return GainLoRAPlugin(
+        branches, hidden=hidden, threshold=threshold, batch_size=options.gate_batch_size, rule=options.basis_rule
+    )
 
 
-_GATE_OPTIONS = ("threshold", "gate_hidden", "gate_batch_size")
+_BASIS_OPTIONS = ("threshold", "schedule_tasks", "basis_rule")
+_GATE_OPTIONS = (*_BASIS_OPTIONS, "gate_hidden", "gate_batch_size")
 
 METHODS: dict[str, MethodSpec] = {
     "seqlora": MethodSpec(
@@ -96,7 +110,7 @@ METHODS: dict[str, MethodSpec] = {
     "inflora": MethodSpec(
         "InfLoRA: a branch per task, A_t designed outside old input subspaces and frozen",
         lambda b, o, t, h: [_inflora(b, o, t)],
-        ("threshold", "inflora_max_samples"),
+        (*_BASIS_OPTIONS, "inflora_max_samples"),
     ),
     "gainlora_olora": MethodSpec(
         "GainLoRA gates on top of O-LoRA",
@@ -147,6 +161,8 @@ def resolved_options(name: str, options: MethodOptions, *, encoder_decoder: bool
     values = {
         "lambda1": options.lambda1,
         "threshold": "official" if options.threshold is None else options.threshold,
+        "schedule_tasks": options.schedule_tasks if options.threshold is None else None,
+        "basis_rule": options.basis_rule,
         "gate_hidden": hidden,
         "inflora_max_samples": options.inflora_max_samples,
         "gate_batch_size": options.gate_batch_size,
@@ -154,20 +170,20 @@ def resolved_options(name: str, options: MethodOptions, *, encoder_decoder: bool
     return {key: values[key] for key in get_method(name).options}
 
 
-def build_plugins(
-    name: str, branches: LoraBranches, *, num_tasks: int, options: MethodOptions | None = None
-) -> list[SupervisedPlugin]:
+def build_plugins(name: str, branches: LoraBranches, *, options: MethodOptions | None = None) -> list[SupervisedPlugin]:
     """The plugins of method ``name`` acting on ``branches``, in the order the strategy needs them.
 
     :param name: a registered method (see :data:`METHODS`).
     :param branches: the model's LoRA branches (no branch yet).
-    :param num_tasks: number of tasks of the run (the official threshold schedule depends on it).
     :param options: the methods' options (default :class:`MethodOptions`).
     :raises ValueError: for an unknown method name, listing the valid ones.
     """
     spec = get_method(name)
     options = options or MethodOptions()
-    threshold: ThresholdSpec = official_threshold(num_tasks) if options.threshold is None else options.threshold
+    if options.threshold is None:
+        threshold: ThresholdSpec = official_threshold(options.schedule_tasks)
+    else:
+        threshold = options.threshold
     hidden = options.gate_hidden
     if hidden is None:
         hidden = default_gate_hidden(is_encoder_decoder(branches.model))

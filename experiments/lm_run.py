@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from avalanche_gainlora.distributed import DistributedHelper, setup_distributed, shutdown_distributed
@@ -32,14 +32,15 @@ DEFAULT_ORDER = {"superni": 1, "long_sequence": 3}
 #: LoRA rank of the reference scripts by benchmark.
 DEFAULT_RANK = {"superni": 4, "long_sequence": 8}
 
-#: The CPU protocol: the five methods on the first four tasks of one order in about an hour on two
-#: CPU cores with SmolLM2-135M (measured: a training step of 8 x ~150 tokens ~13-16 s, a generated
-#: batch of 16 x 24 tokens ~16 s, InfLoRA's statistics ~1.7 s per sample, all on one thread).
+#: The CPU smoke protocol (``--preset cpu``, the default): the five methods on the first four
+#: tasks of one order in about an hour on two CPU cores with SmolLM2-135M; 8 steps per task, so
+#: it checks the pipeline, not the methods.
 CPU_PROTOCOL: dict[str, Any] = {
     "num_tasks": 4,
     "max_train": 64,
     "max_test": 16,
     "epochs": 1,
+    "min_steps": None,
     "batch_size": 8,
     "eval_batch_size": 16,
     "lr": 1e-3,
@@ -47,16 +48,43 @@ CPU_PROTOCOL: dict[str, Any] = {
     "max_answer_tokens": 24,
     "max_new_tokens": 24,
     "inflora_max_samples": 16,
+    "precision": "fp32",
 }
 
+#: ``--preset claim``: long enough for GainLoRA's gates to open, to compare GainLoRA(X) with X:
+#: at least 100 optimizer steps on each of the first 4 tasks (800 training examples, more epochs
+#: for smaller tasks), 50 test examples per task, InfLoRA statistics from 256 samples, bf16
+#: autocast on the CPU (checked against fp32 in the README). The lr was chosen on a validation
+#: carve of the training split (``--validation-from-train``), never on the test split.
+CLAIM_PROTOCOL: dict[str, Any] = {
+    **CPU_PROTOCOL,
+    "max_train": 800,
+    "max_test": 50,
+    "min_steps": 100,
+    "eval_batch_size": 25,
+    "inflora_max_samples": 256,
+    "precision": "bf16",
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"cpu": CPU_PROTOCOL, "claim": CLAIM_PROTOCOL}
+
+
+def _protocol_help(protocol: Mapping[str, Any]) -> str:
+    steps = "" if protocol["min_steps"] is None else f" (at least {protocol['min_steps']} steps per task)"
+    return (
+        f"{protocol['num_tasks']} tasks, {protocol['max_train']} training and {protocol['max_test']} test examples "
+        f"per task, {protocol['epochs']} epoch{steps}, batch {protocol['batch_size']}, lr {protocol['lr']} "
+        f"(constant, AdamW without weight decay, gradients clipped at norm 1), prompts cut to "
+        f"{protocol['max_prompt_tokens']} tokens, answers to {protocol['max_answer_tokens']}, "
+        f"{protocol['max_new_tokens']} generated tokens, InfLoRA statistics from "
+        f"{protocol['inflora_max_samples']} samples per task, {protocol['precision']}"
+    )
+
+
 _PROTOCOL_HELP = (
-    "Defaults are a CPU protocol (about an hour for the five methods on 2 cores with SmolLM2-135M): "
-    f"{CPU_PROTOCOL['num_tasks']} tasks, {CPU_PROTOCOL['max_train']} training and {CPU_PROTOCOL['max_test']} "
-    f"test examples per task, {CPU_PROTOCOL['epochs']} epoch, batch {CPU_PROTOCOL['batch_size']}, "
-    f"lr {CPU_PROTOCOL['lr']} (constant, AdamW without weight decay), prompts cut to "
-    f"{CPU_PROTOCOL['max_prompt_tokens']} tokens, answers to {CPU_PROTOCOL['max_answer_tokens']}, "
-    f"{CPU_PROTOCOL['max_new_tokens']} generated tokens, InfLoRA statistics from "
-    f"{CPU_PROTOCOL['inflora_max_samples']} samples per task; the seen tasks are evaluated after each task. "
+    f"Presets (--preset): cpu (default; about an hour for the five methods on 2 cores with SmolLM2-135M): "
+    f"{_protocol_help(CPU_PROTOCOL)}; claim: {_protocol_help(CLAIM_PROTOCOL)}. "
+    "The seen tasks are evaluated after each task. Every option below overrides its preset value. "
     "On a CPU shared with other jobs set OMP_NUM_THREADS=1 (oversubscribed threads slow generation "
     "down many times). The paper's protocol (T5-Large) is all 15 tasks, all examples, 100 (SuperNI) / 10 "
     "(Long Sequence) epochs, batch 32, lr 3e-4, prompts of up to 512 tokens, answers and generations of up "
@@ -88,17 +116,39 @@ def _methods(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _protocol_option(group: argparse._ArgumentGroup, flag: str, kind: Any, text: str) -> None:
-    """An option whose default comes from :data:`CPU_PROTOCOL` (key: the flag's name)."""
-    default = CPU_PROTOCOL[flag.removeprefix("--").replace("-", "_")]
-    group.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+def _optional_cap(text: str) -> int | None:
+    """A positive count, or 0 for none."""
+    return _cap(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (its help documents the CPU protocol)."""
+def _grad_norm(text: str) -> float | None:
+    """A positive clipping norm; 0 switches clipping off."""
+    value = float(text)
+    if value != value or value < 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0: no clipping), got {text}")
+    return value or None
+
+
+def _preset_name(argv: Sequence[str] | None) -> str:
+    """The ``--preset`` of a command line (parsed first: it sets the other options' defaults)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    known, _ = early.parse_known_args(argv)
+    return known.preset
+
+
+def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
+    """The command-line parser, with the defaults of ``preset`` (its help documents the presets)."""
+    protocol = PRESETS[preset]
+
+    def _protocol_option(group: argparse._ArgumentGroup, flag: str, kind: Any, text: str) -> None:
+        default = protocol[flag.removeprefix("--").replace("-", "_")]
+        group.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+
     parser = argparse.ArgumentParser(
         prog="python -m experiments.lm_run", description=__doc__.split("\n\n")[0] + " " + _PROTOCOL_HELP
     )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="protocol preset (default cpu)")
     data = parser.add_argument_group("tasks and data")
     data.add_argument("--benchmark", default="superni", choices=sorted(DEFAULT_ORDER), help="(default superni)")
     which = data.add_mutually_exclusive_group()
@@ -115,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--carve-test-from-train",
         type=_carve,
         help="for tasks without test.json: hold out this fraction (e.g. 0.1) or count (e.g. 100) of train.json",
+    )
+    data.add_argument(
+        "--validation-from-train",
+        type=positive_int,
+        help="evaluate on this many examples per task held out of the training split (seeded), not on the "
+        "test split: for choosing options such as --lr (records say eval_split valid)",
     )
 
     runs = parser.add_argument_group("runs")
@@ -143,10 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = parser.add_argument_group("training and evaluation")
     _protocol_option(train, "--epochs", positive_int, "epochs per task")
+    _protocol_option(train, "--min-steps", _optional_cap, "more epochs for tasks with fewer optimizer steps, 0: none")
     _protocol_option(train, "--batch-size", positive_int, "training mini-batch size")
     _protocol_option(train, "--eval-batch-size", positive_int, "prompts per generation batch")
     _protocol_option(train, "--lr", positive_float, "constant AdamW learning rate")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    train.add_argument(
+        "--max-grad-norm", type=_grad_norm, default=1.0, help="clip the gradient norm (default 1.0, Hugging Face's), 0: off"
+    )
+    train.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=protocol["precision"],
+        help=f"bf16: autocast of training and generation (default {protocol['precision']})",
+    )
     train.add_argument("--rank", type=positive_int, help="LoRA rank (default 4 SuperNI, 8 Long Sequence)")
     train.add_argument("--alpha", type=positive_float, default=32.0, help="LoRA alpha (default 32)")
     train.add_argument(
@@ -164,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument(
         "--threshold", type=float, help="energy threshold of InfLoRA / GainLoRA bases (default: official schedule)"
     )
+    methods.add_argument(
+        "--schedule-tasks", type=positive_int, default=15, help="T of the official schedule (default 15, the benchmarks' length)"
+    )
+    methods.add_argument(
+        "--basis-rule",
+        choices=("official", "gpm"),
+        default="official",
+        help="energy rule of InfLoRA / GainLoRA bases: official (squared covariance eigenvalues) or gpm (default official)",
+    )
     methods.add_argument("--gate-hidden", type=positive_int, help="GainLoRA gate width (default 100 T5, 50 decoder-only)")
     _protocol_option(methods, "--inflora-max-samples", _cap, "samples per task for InfLoRA's input statistics, 0: all")
     return parser
@@ -174,7 +249,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     :param argv: arguments (default ``sys.argv[1:]``).
     """
-    parser = build_parser()
+    parser = build_parser(_preset_name(argv))
     args = parser.parse_args(argv)
     args.seeds = [seed for group in args.seeds for seed in group]
     if not args.seeds:
@@ -208,9 +283,14 @@ def settings_from_args(args: argparse.Namespace) -> LMSettings:
         max_answer_tokens=args.max_answer_tokens,
         max_new_tokens=args.max_new_tokens,
         eval_all_tasks=args.eval_all_tasks,
+        min_steps=args.min_steps,
+        max_grad_norm=args.max_grad_norm,
+        precision=args.precision,
         methods=MethodOptions(
             lambda1=args.lambda1,
             threshold=args.threshold,
+            schedule_tasks=args.schedule_tasks,
+            basis_rule=args.basis_rule,
             gate_hidden=args.gate_hidden,
             inflora_max_samples=args.inflora_max_samples,
         ),
@@ -239,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_test=args.max_test,
             seed=args.data_seed,
             carve_test_from_train=args.carve_test_from_train,
+            validation_from_train=args.validation_from_train,
         )
         data = {
             "order": args.order,
@@ -246,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "max_test": args.max_test,
             "data_seed": args.data_seed,
             "carve_test_from_train": args.carve_test_from_train,
+            "eval_split": "valid" if args.validation_from_train else "test",
+            "validation_from_train": args.validation_from_train,
             "sizes": {task.name: [len(task.train), len(task.test)] for task in tasks},
         }
         settings = settings_from_args(args)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -99,6 +100,12 @@ class LMSettings:
     :param max_new_tokens: most tokens generated per answer.
     :param eval_all_tasks: after each task also evaluate the tasks not trained yet (full ``T x T``
         matrices); by default only the seen ones (the entries AP and FT use), the others are None.
+    :param min_steps: train each task for at least this many optimizer steps: a task whose
+        ``epochs`` give fewer gets more epochs (whole epochs, so possibly more steps); None: ``epochs``.
+    :param max_grad_norm: clip the gradients' global norm before every step (Hugging Face's default
+        1.0, which the official scripts use); None: no clipping.
+    :param precision: ``"fp32"`` or ``"bf16"`` (autocast of training and generation, see
+        :class:`~avalanche_gainlora.strategy.LanguageModelStrategy`).
     :param methods: options of the methods (see :class:`~experiments.lm_methods.MethodOptions`).
     """
 
@@ -115,6 +122,9 @@ class LMSettings:
     max_answer_tokens: int = 32
     max_new_tokens: int = 32
     eval_all_tasks: bool = False
+    min_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"
     methods: MethodOptions = field(default_factory=MethodOptions)
 
     def replace(self, **changes: Any) -> LMSettings:
@@ -255,7 +265,7 @@ def run_lm(
         alpha=settings.alpha,
         dropout=settings.dropout,
     )
-    plugins = build_plugins(method, branches, num_tasks=len(tasks), options=settings.methods)
+    plugins = build_plugins(method, branches, options=settings.methods)
     if world_size > 1:
         plugins.append(DistributedLoRAPlugin())  # after the method plugins, which add each task's branch
     strategy = GenerationEvalStrategy(
@@ -269,6 +279,8 @@ def run_lm(
         plugins=plugins,
         evaluator=_evaluator(verbose),
         max_new_tokens=settings.max_new_tokens,
+        max_grad_norm=settings.max_grad_norm,
+        precision=settings.precision,
     )
 
     reset_cuda_peak(torch_device)
@@ -278,7 +290,7 @@ def run_lm(
         # LoraBranches injects one peft adapter per task on purpose; peft warns from the second on.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         matrices, losses, timing = _train_and_evaluate(
-            strategy, benchmark.train_stream, benchmark.test_stream, settings.eval_all_tasks, label, primary, progress
+            strategy, benchmark.train_stream, benchmark.test_stream, settings, label, primary, progress
         )
     gates = gate_plugin(plugins)
     gate_values = None
@@ -297,6 +309,7 @@ def run_lm(
         "metrics": summary,
         "final_scores": {name: dict(zip(names, matrix[-1])) for name, matrix in matrices.items()},
         "gate_matrix": gate_values,
+        "diagnostics": plugin_diagnostics(plugins),
         "train_loss": losses,
         "wall_time_s": timing["wall_s"],
         "train_time_s": timing["train_s"],
@@ -309,6 +322,24 @@ def run_lm(
     if DistributedHelper.is_main_process:
         write_atomically(path, record)
     return record
+
+
+def plugin_diagnostics(plugins: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    """The per-task ``diagnostics`` of the method's plugins, by plugin class (InfLoRA's reachable
+    input energy and basis sizes, GainLoRA's gate opening and gate bases)."""
+    return {type(p).__name__: p.diagnostics for p in plugins if isinstance(getattr(p, "diagnostics", None), list)}
+
+
+def epochs_for(num_examples: int, settings: LMSettings) -> int:
+    """Epochs of one task: ``settings.epochs``, or more when that gives fewer than ``min_steps`` steps.
+
+    :param num_examples: the task's training examples.
+    :param settings: the protocol (its batch size is the global batch under DDP).
+    """
+    if settings.min_steps is None:
+        return settings.epochs
+    steps_per_epoch = math.ceil(num_examples / settings.batch_size)
+    return max(settings.epochs, math.ceil(settings.min_steps / steps_per_epoch))
 
 
 def check_distributed_batch(batch_size: int, world_size: int) -> None:
@@ -388,7 +419,7 @@ def _train_and_evaluate(
     strategy: LanguageModelStrategy,
     train_stream: CLStream,
     test_stream: CLStream,
-    eval_all_tasks: bool,
+    settings: LMSettings,
     label: str,
     primary: str,
     progress: bool,
@@ -406,17 +437,18 @@ def _train_and_evaluate(
     bar = tqdm(train_stream, desc=label, unit="task", disable=not progress)
     for index, experience in enumerate(bar):
         train_start = time.perf_counter()
+        strategy.train_epochs = epochs_for(len(experience.dataset), settings)
         trained = strategy.train(experience)
         train_s = time.perf_counter() - train_start
         losses.append(_last_loss(trained))
-        evaluated = num_tasks if eval_all_tasks else index + 1
+        evaluated = num_tasks if settings.eval_all_tasks else index + 1
         eval_start = time.perf_counter()
         results = strategy.eval(test_stream[:evaluated])
         eval_s = time.perf_counter() - eval_start
         for name, metric in SCORES.items():
             row = experience_row(results, metric + _TEST_PREFIX, evaluated)
             matrices[name].append(row + [None] * (num_tasks - evaluated))
-        per_task.append({"train_s": train_s, "eval_s": eval_s})
+        per_task.append({"train_s": train_s, "eval_s": eval_s, "epochs": strategy.train_epochs})
         seen = matrices[primary][-1][: index + 1]
         loss = float("nan") if losses[-1] is None else losses[-1]
         bar.set_postfix({primary: f"{sum(seen) / len(seen):.1f}", "loss": f"{loss:.3f}"})

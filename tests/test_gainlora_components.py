@@ -195,12 +195,14 @@ def test_new_key_is_orthogonal_and_projected_updates_keep_old_gate_activations()
     torch.manual_seed(0)
     gate = TaskGate(16, 6)
     old_inputs = torch.randn(5, 16)
-    memory = GateMemory(16, 6, threshold=1.0)
+    memory = GateMemory(16, 6, threshold=1.0, rule="gpm")  # GPM's rule keeps the exact span at 1.0
     memory.update(gate_grams(gate, [old_inputs]), task=0)
     before = gate.activations(old_inputs)
 
     new_inputs = torch.randn(7, 16)
-    successor = gate.successor(memory.new_key(gate_grams(gate, [new_inputs])).float())
+    key = memory.new_key(gate_grams(gate, [new_inputs])).float()
+    assert float(key.norm()) == pytest.approx((16 / 3) ** 0.5)  # the official key norm
+    successor = gate.successor(key)
     assert successor(old_inputs).abs().max() < 1e-5  # switched off for old inputs at the start
     assert successor(new_inputs).mean() > 0.05
 

@@ -87,7 +87,8 @@ def test_gainlora_inflora_keeps_old_inputs_routed_away_from_new_branches(kind):
     benchmark = lm_benchmark(model, _distinct_tasks(3, size=6))
     branches = LoraBranches(model, rank=2, alpha=4)
     inflora = InfLoRAPlugin(branches, threshold=0.99)
-    gainlora = GainLoRAPlugin(branches, hidden=24, threshold=1.0)
+    # GPM's rule keeps the exact span at threshold 1.0 (the official rule drops the last direction)
+    gainlora = GainLoRAPlugin(branches, hidden=24, threshold=1.0, rule="gpm")
     probe = GateProbe(gainlora, benchmark.train_stream)
     overlaps = []
 

@@ -138,8 +138,9 @@ def test_only_the_methods_own_options_are_recorded(sweep):
     options = {method: set(record["config"]["settings"]["method_options"]) for method, record in records.items()}
     assert options["seqlora"] == set()
     assert options["olora"] == {"lambda1"}
-    assert options["inflora"] == {"threshold", "inflora_max_samples"}
-    assert records["inflora"]["config"]["settings"]["method_options"]["threshold"] == "official"
+    assert options["inflora"] == {"threshold", "schedule_tasks", "basis_rule", "inflora_max_samples"}
+    inflora = records["inflora"]["config"]["settings"]["method_options"]
+    assert (inflora["threshold"], inflora["schedule_tasks"], inflora["basis_rule"]) == ("official", 15, "official")
     assert {"lambda1", "threshold", "gate_hidden"} <= options["gainlora_olora"]
 
 
@@ -246,7 +247,7 @@ def test_unknown_method_lists_the_valid_ones():
 )
 def test_methods_build_their_plugins_in_order(method, types):
     branches = LoraBranches(tiny_llama(), rank=2)
-    plugins = build_plugins(method, branches, num_tasks=4, options=MethodOptions(lambda1=0.25))
+    plugins = build_plugins(method, branches, options=MethodOptions(lambda1=0.25))
     assert [type(plugin) for plugin in plugins] == types
     assert get_method(method).gated == (GainLoRAPlugin in types)
     for plugin in plugins:
@@ -254,22 +255,24 @@ def test_methods_build_their_plugins_in_order(method, types):
         if isinstance(plugin, OLoRAPlugin):
             assert plugin.lambda1 == 0.25
         if isinstance(plugin, InfLoRAPlugin):
-            assert plugin.threshold(0) == pytest.approx(official_threshold(4)(0))
+            # the official schedule divides by the benchmark's 15 tasks, however many run
+            assert plugin.threshold(3) == pytest.approx(official_threshold(15)(3)) == pytest.approx(0.995 + 0.001)
+            assert plugin.rule == "official" and plugin.memory is None
         if isinstance(plugin, GainLoRAPlugin):
             assert plugin.hidden == 50  # decoder-only default of the paper
+            assert plugin.memory.memory.energy == "covariance"
 
 
 def test_fixed_threshold_and_gate_width_are_passed_on():
     plugins = build_plugins(
         "gainlora_inflora",
         LoraBranches(tiny_t5(), rank=2),
-        num_tasks=3,
-        options=MethodOptions(threshold=0.9, gate_hidden=12, inflora_max_samples=5),
+        options=MethodOptions(threshold=0.9, gate_hidden=12, inflora_max_samples=5, basis_rule="gpm"),
     )
     inflora, gates = plugins
-    assert inflora.threshold == 0.9 and inflora.max_samples == 5
-    assert gates.hidden == 12 and gates.memory.threshold == 0.9
-    default = build_plugins("gainlora_olora", LoraBranches(tiny_t5(), rank=2), num_tasks=3)
+    assert inflora.threshold == 0.9 and inflora.max_samples == 5 and inflora.rule == "gpm"
+    assert gates.hidden == 12 and gates.memory.threshold == 0.9 and gates.memory.memory.energy == "gram"
+    default = build_plugins("gainlora_olora", LoraBranches(tiny_t5(), rank=2))
     assert default[1].hidden == 100
 
 

@@ -25,6 +25,8 @@ class InstructionTask:
     :param test: test examples, in file order.
     :param carved_test: whether :attr:`test` was held out of ``train.json`` because the task
         has no ``test.json`` (see :func:`load_tasks`).
+    :param validation: whether :attr:`test` is a validation set held out of the training
+        examples (``validation_from_train``) rather than the task's test split.
     """
 
     name: str
@@ -32,6 +34,7 @@ class InstructionTask:
     train: list[InstructionExample]
     test: list[InstructionExample]
     carved_test: bool = False
+    validation: bool = False
 
 
 def _check_cap(option: str, value: int | None) -> None:
@@ -99,6 +102,7 @@ def _load_task(
     max_test: int | None,
     seed: int,
     carve_test: float | int | None,
+    validation: int | None = None,
 ) -> InstructionTask:
     folder = root / spec.task_folders[name]
     train_file = read_task_file(folder / "train.json")
@@ -112,6 +116,11 @@ def _load_task(
     else:
         test_file = read_task_file(folder / "test.json")
         test_pairs, test_definition = test_file.instances, test_file.definition
+    if validation is not None:
+        # Evaluation on examples held out of the training part; the test split is not used.
+        size = carve_size(validation, len(train_pairs))
+        train_pairs, test_pairs = carve(train_pairs, size, task_rng(seed, spec.name, name, "validation"))
+        carved = False
     train_pairs = take(train_pairs, max_train, task_rng(seed, spec.name, name, "train"))
     test_pairs = take(test_pairs, max_test, task_rng(seed, spec.name, name, "test"))
     return InstructionTask(
@@ -120,6 +129,7 @@ def _load_task(
         train=_examples(spec, train_file.definition, train_pairs),
         test=_examples(spec, test_definition, test_pairs),
         carved_test=carved,
+        validation=validation is not None,
     )
 
 
@@ -132,6 +142,7 @@ def load_tasks(
     max_test: int | None = None,
     seed: int = 0,
     carve_test_from_train: float | int | None = None,
+    validation_from_train: int | None = None,
 ) -> list[InstructionTask]:
     """Load the tasks of a task order, formatted as prompts with reference answers.
 
@@ -166,6 +177,9 @@ def load_tasks(
     :param carve_test_from_train: for tasks without ``test.json``: the fraction (float in
         (0, 1)) or number (int) of ``train.json`` instances held out as the test split;
         ``None`` makes such tasks an error.
+    :param validation_from_train: hold this many training examples of every task out (a seeded
+        carve of the training part, keyed like the caps) and put them in the tasks' ``test``
+        field instead of the test split, for choosing hyper-parameters (``validation=True``).
     :return: the tasks in training order.
     :raises ValueError: for an unknown benchmark, order or task name, or an invalid option.
     :raises FileNotFoundError: when the data root lacks the benchmark, or when a task lacks a
@@ -174,6 +188,7 @@ def load_tasks(
     _check_cap("max_train", max_train)
     _check_cap("max_test", max_test)
     _check_carve(carve_test_from_train)
+    _check_cap("validation_from_train", validation_from_train)
     spec = get_benchmark(benchmark)
     names = resolve_order(benchmark, order)
     root = _benchmark_root(spec, data_root)
@@ -183,7 +198,14 @@ def load_tasks(
         raise FileNotFoundError(f"cannot load {benchmark} tasks:\n  " + "\n  ".join(problems))
     return [
         _load_task(
-            spec, root, name, max_train=max_train, max_test=max_test, seed=seed, carve_test=carve_test_from_train
+            spec,
+            root,
+            name,
+            max_train=max_train,
+            max_test=max_test,
+            seed=seed,
+            carve_test=carve_test_from_train,
+            validation=validation_from_train,
         )
         for name in names
     ]
