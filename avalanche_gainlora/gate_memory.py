@@ -26,10 +26,8 @@ from torch import Tensor
 from avalanche_gpm.projection import SubspaceProjector
 from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_thresholds
 from avalanche_gpm.subspace import top_residual_directions
-from avalanche_gainlora.bases import BasisRule, input_memory, official_threshold
+from avalanche_gainlora.bases import BasisRule, input_memory
 from avalanche_gainlora.gates import TaskGate, key_norm
-
-__all__ = ["GATE_LAYERS", "GateMemory", "gate_grams", "official_threshold"]
 
 #: The gate's layers, named after the input each of them sees: G1 (p0), G2 (p1), key (p2).
 GATE_LAYERS: tuple[str, ...] = ("down", "up", "key")
@@ -62,7 +60,7 @@ class GateMemory:
     :param dim: size of the token embeddings (input of ``G1``, output of ``G2``).
     :param hidden: width of the gate's MLP.
     :param threshold: energy threshold of the bases: a float, a mapping over ``GATE_LAYERS``, or a
-        callable ``task -> threshold`` such as :func:`official_threshold`.
+        callable ``task -> threshold`` such as :func:`~avalanche_gainlora.bases.official_threshold`.
     :param rule: energy rule of the bases, ``"official"`` (the GainLoRA code) or ``"gpm"``
         (see :mod:`avalanche_gainlora.bases`).
     """

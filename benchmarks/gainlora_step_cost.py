@@ -65,7 +65,7 @@ from torch.utils.data import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from avalanche_gainlora.branches import LoraBranches
-from avalanche_gainlora.gate_memory import official_threshold
+from avalanche_gainlora.bases import official_threshold
 from avalanche_gainlora.plugins import BranchPlugin, GainLoRAPlugin
 from avalanche_gainlora.routing import IGNORE_INDEX
 from experiments.lm_models import resolve_model

@@ -4,7 +4,9 @@
 (``experiments.lm_run`` calls it at the end of a sweep). It writes ``summary.md`` (AP and FT per
 method, mean ± sample std over seeds, plus final per-task scores and the other metric),
 ``summary.csv``, ``score_matrices.png`` (seed-averaged ``a[l][i]`` per method) and, when GainLoRA
-methods ran, ``gate_heatmap.png`` (seed-averaged gate matrix ``G[i][j]`` per GainLoRA method).
+methods ran, ``gate_heatmap.png`` (seed-averaged gate matrix ``G[i][j]`` per GainLoRA method) and
+``gate_opening.png`` (each new gate on its own task's training prompts at the start and end of the
+task); ``summary.md`` also lists the methods' diagnostics (:mod:`experiments.lm_diagnostics`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from experiments.cli_errors import exit_on_user_error
+from experiments.lm_diagnostics import diagnostics_table, gate_opening, plot_gate_opening
 from experiments.lm_methods import METHODS
 from experiments.lm_runner import SCORES
 from experiments.plots import plot_heatmaps
@@ -101,14 +104,20 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
     rows = [summaries[name] for name in order]
     settings = config["settings"]
     seeds = sorted({record["config"]["seed"] for record in records})
+    split = (config.get("data") or {}).get("eval_split", "test")
+    diagnostics = diagnostics_table(groups, order, tasks)
     markdown = "\n".join(
         [
             f"# {config['benchmark']}: {len(tasks)} tasks, {config['model']}",
             "",
             f"Tasks in order: {', '.join(tasks)}. Seeds: {', '.join(map(str, seeds))}. "
-            f"Epochs {settings['epochs']}, batch {settings['batch_size']}, lr {settings['lr']}, "
+            f"Epochs {settings['epochs']}"
+            + (f" (at least {settings['min_steps']} steps per task)" if settings.get("min_steps") else "")
+            + f", batch {settings['batch_size']}, lr {settings['lr']}, "
             f"rank {settings['rank']}, prompt/answer/generated tokens "
-            f"{settings['max_prompt_tokens']}/{settings['max_answer_tokens']}/{settings['max_new_tokens']}.",
+            f"{settings['max_prompt_tokens']}/{settings['max_answer_tokens']}/{settings['max_new_tokens']}, "
+            f"gradient clipping {settings.get('max_grad_norm')}, {settings.get('precision', 'fp32')}. "
+            f"Scores on the **{split}** split.",
             "",
             f"AP: mean final {SCORE_TITLES[primary]} over tasks; FT: mean drop of each task from its best "
             "score after learning it to the end (GainLoRA paper). Percent, mean ± sample std over seeds.",
@@ -123,6 +132,7 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
             "",
             _secondary_table(groups, order, secondary),
             "",
+            *(["## Diagnostics per task (seed mean)", "", diagnostics, ""] if diagnostics else []),
         ]
     )
     (out / "summary.md").write_text(markdown)
@@ -134,7 +144,7 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
         out / "score_matrices.png",
         vmax=100.0,
         annotation_scale=1.0,
-        colorbar_label=f"test {SCORE_TITLES[primary]} (%)",
+        colorbar_label=f"{split} {SCORE_TITLES[primary]} (%)",
         tick_labels=tasks,
     )
     gated = [name for name in order if groups[name][0].get("gate_matrix") is not None]
@@ -149,6 +159,9 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
             ylabel="gate (branch) of task",
             tick_labels=tasks,
         )
+        openings = {name: gate_opening(groups[name], len(tasks)) for name in gated}
+        if any(v is not None for sides in openings.values() for v in sides["gate_end"]):
+            plot_gate_opening(openings, tasks, out / "gate_opening.png")
     return markdown
 
 

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from avalanche_gainlora.branches import GatedLoraLinear, LoraBranches, branch_name
-from avalanche_gainlora.gate_memory import GateMemory, gate_grams, official_threshold
+from avalanche_gainlora.bases import official_threshold
+from avalanche_gainlora.gate_memory import GateMemory, gate_grams
 from avalanche_gainlora.gates import GateBank, TaskGate, gate_activation, masked_mean
-from avalanche_gainlora.inflora import DOWN_PROJECTION_SCALE, design_down_projection
+from avalanche_gainlora.inflora import DOWN_PROJECTION_SCALE, design_down_projection, reachable_energy
 from avalanche_gainlora.olora import orthogonality_penalty
 from avalanche_gainlora.routing import GateRouter
 from tests.lm_fixtures import char_tokenizer, tiny_gpt2, tiny_llama, tiny_t5
@@ -233,6 +234,7 @@ def test_gate_constraints_follow_the_gate_to_its_device():
 def test_official_threshold_schedule():
     schedule = official_threshold(10)
     assert schedule(0) == pytest.approx(0.995) and schedule(9) == pytest.approx(0.9995)
+    assert official_threshold()(3) == pytest.approx(0.995 + 0.005 * 3 / 15)  # the benchmarks' T = 15
     with pytest.raises(ValueError):
         official_threshold(0)
 
@@ -258,3 +260,11 @@ def test_olora_penalty_matches_its_formula():
     expected = sum(float((o[k] @ new[k].T).abs().sum()) for o in old for k in ("q", "v"))
     assert orthogonality_penalty(old, new).item() == pytest.approx(expected, rel=1e-6)
     assert orthogonality_penalty([], new).item() == 0.0
+
+
+def test_reachable_energy_is_the_share_of_the_trace_in_the_row_space_of_a():
+    u, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    c = u @ torch.diag(torch.tensor([5.0, 3.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)) @ u.T
+    down = design_down_projection(c, None, 2)  # the two strongest directions, scaled
+    assert reachable_energy(down, c) == pytest.approx(8.0 / 10.0)
+    assert reachable_energy(u[:, 4:].T.float(), c) == pytest.approx(0.0, abs=1e-12)  # directions the data lacks

@@ -188,6 +188,7 @@ def test_state_round_trip_reproduces_generations(tmp_path):
         plugin.load_state_dict(state)
     restored = lm_strategy(fresh, plugins=fresh_plugins)
     assert restored.generate(batch) == expected
+    assert [p.diagnostics for p in fresh_plugins] == [p.diagnostics for p in plugins] and plugins[1].diagnostics
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
     torch.testing.assert_close(fresh(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
 
@@ -256,3 +257,31 @@ def test_avalanche_checkpoint_restores_branches_gates_and_bases(tmp_path):
     restored.optimizer = torch.optim.Adam(restored.model.parameters(), lr=1e-2)
     restored.train(benchmark.train_stream[1])  # training goes on with the restored plugins
     assert gainlora.branches.num_branches == 2 and len(gainlora.gates) == 2
+
+
+def test_state_grown_with_another_energy_rule_is_refused():
+    model = tiny_llama()
+    benchmark = lm_benchmark(model, lm_tasks(1, size=4))
+    branches = LoraBranches(model, rank=2, alpha=4)
+    plugins = [InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8)]
+    _train(lm_strategy(model, plugins=plugins), benchmark, evaluate=False)
+    fresh = LoraBranches(tiny_llama(), rank=2, alpha=4)
+    with pytest.raises(ValueError, match="'covariance' energy rule but this memory uses 'gram'"):
+        InfLoRAPlugin(fresh, rule="gpm").load_state_dict(plugins[0].state_dict())
+    with pytest.raises(ValueError, match="'covariance' energy rule but this memory uses 'gram'"):
+        GainLoRAPlugin(fresh, hidden=8, rule="gpm").load_state_dict(plugins[1].state_dict())
+
+
+def test_gates_stay_float32_under_bf16_autocast():
+    model = tiny_llama()
+    benchmark = lm_benchmark(model, lm_tasks(2, size=4))
+    branches = LoraBranches(model, rank=2, alpha=4)
+    dtypes = []
+
+    class WeightProbe(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            dtypes.append(branches.weights.values.dtype)
+
+    plugins = [InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8), WeightProbe()]
+    _train(lm_strategy(model, plugins=plugins, precision="bf16"), benchmark, evaluate=False)
+    assert dtypes and set(dtypes) == {torch.float32}

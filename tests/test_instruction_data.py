@@ -238,3 +238,20 @@ def test_ap_ft_on_a_hand_made_matrix():
     for bad in ([[1.0, 2.0]], [], [[[1.0]]]):
         with pytest.raises(ValueError, match="square and non-empty"):
             ap_ft(bad)
+
+
+def test_validation_carve_replaces_the_test_split_with_held_out_training_examples(data_root):
+    def load(seed=0, **kwargs):
+        return load_tasks("superni", ["samsum", "sst2"], data_root, seed=seed, validation_from_train=5, **kwargs)
+
+    samsum, sst2 = load()
+    for task in (samsum, sst2):
+        assert task.validation and not task.carved_test
+        assert len(task.test) == 5 and len(task.train) == 15 and not set(task.train) & set(task.test)
+        assert all(" x" in e.prompt for e in task.test)  # from train.json, never test.json
+    assert load()[0] == samsum and load(seed=1)[0].test != samsum.test
+    # the training cap applies to what is left, so the validation set does not depend on it
+    capped = load(max_train=4)[0]
+    assert capped.test == samsum.test and len(capped.train) == 4 and set(capped.train) <= set(samsum.train)
+    with pytest.raises(ValueError, match="validation_from_train"):
+        load_tasks("superni", ["samsum"], data_root, validation_from_train=0)

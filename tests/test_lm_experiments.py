@@ -11,7 +11,7 @@ import torch
 
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.data import InstructionExample, instruction_benchmark
-from avalanche_gainlora.gate_memory import official_threshold
+from avalanche_gainlora.bases import official_threshold
 from avalanche_gainlora.plugins import GainLoRAPlugin, InfLoRAPlugin, OLoRAPlugin, SeqLoRAPlugin
 from experiments import lm_models, lm_run, lm_runner
 from experiments.instruction import InstructionTask, get_benchmark
@@ -424,3 +424,55 @@ def test_evaluation_only_generates():
     results = strategy.eval(benchmark.test_stream)
     assert calls and not any(calls)  # evaluation: generation calls only, no teacher-forced pass
     assert "RougeL_Exp/eval_phase/test_stream/Task000/Exp000" in results
+
+
+# -- diagnostics, longer protocols -----------------------------------------------------------------
+
+
+def test_records_hold_the_methods_diagnostics_and_the_report_shows_them(sweep):
+    out, records = sweep
+    assert records["seqlora"]["diagnostics"] == {} and records["olora"]["diagnostics"] == {}
+    for method in ("inflora", "gainlora_inflora"):
+        entries = records[method]["diagnostics"]["InfLoRAPlugin"]
+        assert [e["task"] for e in entries] == list(range(NUM_TASKS))
+        for entry in entries:
+            assert set(entry["reachable_energy"]) == set(entry["basis_sizes"])
+            assert all(0.0 < share <= 1.0 for share in entry["reachable_energy"].values())
+        # bases only grow
+        sizes = [sum(e["basis_sizes"].values()) for e in entries]
+        assert sizes == sorted(sizes) and sizes[0] >= len(entries[0]["basis_sizes"])  # at least one per layer
+    for method in GATED:
+        entries = records[method]["diagnostics"]["GainLoRAPlugin"]
+        assert [e["task"] for e in entries] == list(range(NUM_TASKS))
+        for entry in entries:
+            assert 0.0 <= entry["gate_start"] <= 1.0 and 0.0 <= entry["gate_end"] <= 1.0
+            assert set(entry["basis_sizes"]) == {"down", "up", "key"} and min(entry["basis_sizes"].values()) >= 1
+    write_lm_report(out)
+    summary = (out / "summary.md").read_text()
+    assert "## Diagnostics per task" in summary and "| gainlora_inflora | task1 |" in summary
+    assert "| seqlora | task0 |" not in summary
+    assert (out / "gate_opening.png").is_file()
+
+
+def test_short_tasks_get_more_epochs_to_reach_the_minimum_steps(tmp_path):
+    settings = TINY.replace(min_steps=3)
+    assert [lm_runner.epochs_for(n, settings) for n in (4, 8, 12, 13)] == [3, 2, 1, 1]
+    assert lm_runner.epochs_for(4, TINY) == 1
+    record = run_lm(
+        "seqlora", 0, tmp_path, tasks=fixture_tasks(2), model_name="tiny-llama", settings=settings,
+        model_factory=tiny_factory(), progress=False,
+    )  # fmt: skip
+    assert [t["epochs"] for t in record["task_times_s"]] == [3, 3]  # 4 examples, batch 4: one step per epoch
+    assert record["config"]["settings"]["min_steps"] == 3
+
+
+def test_claim_preset_sets_its_protocol_and_options_override_it():
+    args = lm_run.parse_args(["--data-root", "d", "--preset", "claim"])
+    for key, value in lm_run.CLAIM_PROTOCOL.items():
+        assert getattr(args, key) == value
+    assert (args.min_steps, args.max_test, args.inflora_max_samples, args.precision) == (100, 50, 256, "fp32")
+    settings = lm_run.settings_from_args(args)
+    assert settings.max_grad_norm == 1.0 and settings.methods.schedule_tasks == 15
+    assert settings.methods.basis_rule == "official"
+    changed = lm_run.parse_args(["--data-root", "d", "--preset", "claim", "--lr", "3e-3", "--max-grad-norm", "0"])
+    assert changed.lr == 3e-3 and changed.max_grad_norm is None and changed.min_steps == 100

@@ -287,3 +287,42 @@ def test_data_built_for_another_architecture_is_rejected():
     benchmark = lm_benchmark(tiny_t5(), lm_tasks(1, 2))
     with pytest.raises(ValueError, match="is_encoder_decoder=True but the model has is_encoder_decoder=False"):
         lm_strategy(tiny_llama(), evaluator=None).train(benchmark.train_stream[0])
+
+
+def test_gradients_are_clipped_before_every_step():
+    model = tiny_llama()
+    norms = []
+
+    class NormAtStep(torch.optim.Adam):
+        def step(self, closure=None):
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            return super().step(closure)
+
+    benchmark = lm_benchmark(model, lm_tasks(1, 8))
+    for max_norm in (None, 1e-3):
+        strategy = LanguageModelStrategy(
+            model=model, optimizer=NormAtStep(model.parameters(), lr=1e-3), tokenizer=char_tokenizer(),
+            train_mb_size=4, evaluator=None, max_grad_norm=max_norm,
+        )  # fmt: skip
+        strategy.train(benchmark.train_stream[0])
+    unclipped, clipped = norms[:2], norms[2:]
+    assert min(unclipped) > 1e-2 and max(clipped) <= 1e-3 * (1 + 1e-4)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        lm_strategy(tiny_llama(), max_grad_norm=0.0)
+
+
+def test_bf16_autocast_trains_and_generates_with_float32_parameters():
+    model = tiny_llama()
+    dtypes = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    benchmark = lm_benchmark(model, lm_tasks(1, 4))
+    strategy = lm_strategy(model, evaluator=None, precision="bf16")
+    strategy.train(benchmark.train_stream[0])
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the forward ran under autocast
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    inputs, _, _ = _collate(benchmark.test_stream[0].dataset)
+    assert len(strategy.generate(inputs)) == len(inputs["gen_input_ids"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        lm_strategy(tiny_llama(), precision="fp16")

@@ -100,3 +100,62 @@ def test_orthogonal_complement_is_orthonormal_and_orthogonal():
     assert comp.shape == (9, 5)
     assert torch.allclose(comp.T @ comp, torch.eye(5, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(basis.T @ comp, torch.zeros(4, 5, dtype=torch.float64), atol=1e-10)
+
+
+# -- the covariance energy rule of the InfLoRA / GainLoRA code -------------------------------------
+
+
+def covariance(eigenvalues, dim=10, seed=0):
+    """C = U diag(lambda) U^T with the given eigenvalues; returns (C, U)."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    lam = torch.tensor(eigenvalues + [0.0] * (dim - len(eigenvalues)), dtype=torch.float64)
+    return u @ torch.diag(lam) @ u.T, u
+
+
+@pytest.mark.parametrize(
+    # lambda 4, 2, 1, 0.5: covariance energies lambda^2 = 16, 4, 1, 0.25 (cumulative 0.753, 0.941, 0.988, 1),
+    # GPM's energies lambda (cumulative 0.533, 0.8, 0.933, 1)
+    "threshold, covariance_rank, gram_rank",
+    [(0.5, 1, 1), (0.7, 1, 2), (0.85, 1, 3), (0.95, 2, 4), (0.99, 3, 4)],
+)
+def test_covariance_rule_squares_the_eigenvalues_and_keeps_one_direction_at_least(threshold, covariance_rank, gram_rank):
+    c, u = covariance([4.0, 2.0, 1.0, 0.5])
+    official = grow_basis(None, c, threshold, "official_min1", energy="covariance")
+    assert official.basis.shape[1] == covariance_rank
+    assert torch.allclose(official.basis @ official.basis.T, u[:, :covariance_rank] @ u[:, :covariance_rank].T, atol=1e-8)
+    assert torch.allclose(official.added_energies[:1], torch.tensor([16.0], dtype=torch.float64))
+    assert grow_basis(None, c, threshold, "paper").basis.shape[1] == gram_rank
+
+
+def _official_residual_rank(c: torch.Tensor, basis: torch.Tensor, threshold: float) -> int:
+    """The InfLoRA code's later-task criterion, written out: Frobenius norms of C - P C."""
+    residual = c - basis @ (basis.T @ c)
+    total = float((torch.linalg.svdvals(c) ** 2).sum())
+    sval = torch.linalg.svdvals(residual) ** 2
+    accumulated, count = (total - float(sval.sum())) / total, 0
+    for ratio in (sval / total).tolist():
+        if accumulated >= threshold:
+            break
+        accumulated += ratio
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 0.99, 0.999])
+def test_covariance_rule_on_a_later_task_matches_the_frobenius_criterion(threshold):
+    g = torch.Generator().manual_seed(3)
+    old = torch.randn(12, 30, generator=g, dtype=torch.float64) * torch.linspace(3, 0.1, 12, dtype=torch.float64)[:, None]
+    new = torch.randn(12, 30, generator=g, dtype=torch.float64) * torch.linspace(0.2, 2, 12, dtype=torch.float64)[:, None]
+    first = grow_basis(None, old @ old.T / 30, 0.9, "official_min1", energy="covariance").basis
+    c = new @ new.T / 30
+    grown = grow_basis(first, c, threshold, "official_min1", energy="covariance")
+    assert grown.basis.shape[1] - first.shape[1] == _official_residual_rank(c, first, threshold)
+    assert torch.allclose(grown.basis.T @ grown.basis, torch.eye(grown.basis.shape[1], dtype=torch.float64), atol=1e-10)
+    # the squared spectrum keeps fewer directions than GPM's rule on the same statistics
+    assert grown.basis.shape[1] <= grow_basis(first, c, threshold).basis.shape[1]
+
+
+def test_unknown_energy_rule_is_refused():
+    with pytest.raises(ValueError, match="energy rule must be one of"):
+        grow_basis(None, torch.eye(3), 0.9, energy="lambda")

@@ -41,7 +41,7 @@ class GainLoRAPlugin(SupervisedPlugin, supports_distributed=True):
     :param hidden: width of each gate's MLP (paper: 100 for T5, 50 for LLaMA).
     :param threshold: energy threshold of the gate-input bases (float, mapping over
         ``("down", "up", "key")``, or a callable ``task -> threshold`` such as
-        :func:`~avalanche_gainlora.gate_memory.official_threshold`).
+        :func:`~avalanche_gainlora.bases.official_threshold`).
     :param batch_size: batch size of the passes that pool the experience's prompts.
     :param rule: energy rule of the gate-input bases: ``"official"`` (the GainLoRA code: squared
         covariance eigenvalues, at least one direction on the first task) or ``"gpm"``; see

@@ -31,7 +31,7 @@ class InfLoRAPlugin(BranchPlugin, supports_distributed=True):
 
     :param branches: the model's branches.
     :param threshold: energy threshold of the layers' input bases (float, per-layer mapping, or a
-        callable ``task -> threshold``, e.g. :func:`~avalanche_gainlora.gate_memory.official_threshold`).
+        callable ``task -> threshold``, e.g. :func:`~avalanche_gainlora.bases.official_threshold`).
     :param max_samples: samples of each experience used for the statistics (all when ``None``).
     :param rule: energy rule of the bases: ``"official"`` (InfLoRA's code: squared covariance
         eigenvalues, at least one direction on the first task) or ``"gpm"`` (GPM's criteria); see
