@@ -26,7 +26,7 @@ from experiments.lm_methods import METHODS
 from experiments.lm_runner import SCORES
 from experiments.plots import plot_heatmaps
 from experiments.report import check_one_protocol, group_by_strategy, load_records, mean_matrix
-from experiments.tables import markdown_table, summarise, write_csv
+from experiments.tables import divergence_note, markdown_table, summarise, write_csv
 
 #: Names of the scores in tables.
 SCORE_TITLES = {"rouge_l": "ROUGE-L", "exact_match": "exact match"}
@@ -124,6 +124,7 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
             "",
             markdown_table(rows, headers=("method", "AP", "FT"), scale=1.0),
             "",
+            *divergence_note(groups),
             f"## Final {SCORE_TITLES[primary]} per task (seed mean)",
             "",
             _final_scores_table(groups, order, tasks, primary),

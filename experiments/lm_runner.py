@@ -51,6 +51,7 @@ from avalanche_gainlora.plugins import GainLoRAPlugin
 from avalanche_gainlora.strategy import LanguageModelStrategy
 from experiments.evaluation import experience_row
 from experiments.instruction import InstructionTask
+from experiments.lm_checkpoints import RunProgress, checkpoint_path, resume_run, save_run_checkpoint
 from experiments.lm_methods import (
     MethodOptions,
     build_plugins,
@@ -266,6 +267,12 @@ def run_lm(
         dropout=settings.dropout,
     )
     plugins = build_plugins(method, branches, options=settings.methods)
+    # One process: resume after the last task a killed run finished (DDP runs start afresh).
+    checkpoint = checkpoint_path(out_dir, method, seed) if world_size == 1 else None
+    if checkpoint is not None and force:
+        checkpoint.unlink(missing_ok=True)
+    resumed = resume_run(checkpoint, config, plugins) if checkpoint is not None else None
+    resumed_after = None if resumed is None else resumed.tasks_done
     if world_size > 1:
         plugins.append(DistributedLoRAPlugin())  # after the method plugins, which add each task's branch
     strategy = GenerationEvalStrategy(
@@ -289,9 +296,11 @@ def run_lm(
     with warnings.catch_warnings():
         # LoraBranches injects one peft adapter per task on purpose; peft warns from the second on.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        on_task_end = None if checkpoint is None else lambda done: save_run_checkpoint(checkpoint, config, done, plugins)
         matrices, losses, timing = _train_and_evaluate(
-            strategy, benchmark.train_stream, benchmark.test_stream, settings, label, primary, progress
-        )
+            strategy, benchmark.train_stream, benchmark.test_stream, settings, label, primary, progress,
+            resumed=resumed, on_task_end=on_task_end,
+        )  # fmt: skip
     gates = gate_plugin(plugins)
     gate_values = None
     if gates is not None:  # GainLoRA methods only
@@ -311,16 +320,20 @@ def run_lm(
         "gate_matrix": gate_values,
         "diagnostics": plugin_diagnostics(plugins),
         "train_loss": losses,
+        "diverged_experiences": timing["diverged"],
         "wall_time_s": timing["wall_s"],
         "train_time_s": timing["train_s"],
         "eval_time_s": timing["eval_s"],
         "task_times_s": timing["per_task"],
+        "resumed_after_task": resumed_after,
         "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
         "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if DistributedHelper.is_main_process:
         write_atomically(path, record)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return record
 
 
@@ -423,24 +436,40 @@ def _train_and_evaluate(
     label: str,
     primary: str,
     progress: bool,
+    *,
+    resumed: RunProgress | None = None,
+    on_task_end: Callable[[RunProgress], None] | None = None,
 ) -> tuple[dict[str, list[list[float | None]]], list[float | None], dict[str, Any]]:
     """Train task by task, generating answers for the test prompts after each.
 
+    :param resumed: what a killed run finished (its tasks are skipped), or None.
+    :param on_task_end: called with the progress after every task (the runner's checkpoint).
     :return: the score matrices by score name (None: not evaluated), the last epoch's training
         loss of each task, and the timings.
     """
     num_tasks = len(train_stream)
-    matrices: dict[str, list[list[float | None]]] = {name: [] for name in SCORES}
-    losses: list[float | None] = []
-    per_task = []
-    start = time.perf_counter()
-    bar = tqdm(train_stream, desc=label, unit="task", disable=not progress)
-    for index, experience in enumerate(bar):
+    done = resumed or RunProgress(matrices={name: [] for name in SCORES})
+    matrices, losses, per_task = done.matrices, done.losses, done.per_task
+    start = time.perf_counter() - sum(t["train_s"] + t["eval_s"] for t in per_task)
+    bar = tqdm(train_stream, desc=label, unit="task", disable=not progress, initial=done.tasks_done)
+    for index, experience in enumerate(train_stream):
+        if index < done.tasks_done:
+            continue
         train_start = time.perf_counter()
         strategy.train_epochs = epochs_for(len(experience.dataset), settings)
         trained = strategy.train(experience)
         train_s = time.perf_counter() - train_start
-        losses.append(_last_loss(trained))
+        loss = _last_loss(trained)
+        if loss is not None and not math.isfinite(loss):
+            # Kept out of the record as None (JSON has no NaN); the scores of such a run mean little.
+            done.diverged.append(index)
+            warnings.warn(
+                f"{label}: training diverged on task {index} (counted from 0), the loss is {loss}; "
+                "lower the learning rate (or O-LoRA's lambda1)",
+                RuntimeWarning,
+            )
+            loss = None
+        losses.append(loss)
         evaluated = num_tasks if settings.eval_all_tasks else index + 1
         eval_start = time.perf_counter()
         results = strategy.eval(test_stream[:evaluated])
@@ -452,7 +481,12 @@ def _train_and_evaluate(
         seen = matrices[primary][-1][: index + 1]
         loss = float("nan") if losses[-1] is None else losses[-1]
         bar.set_postfix({primary: f"{sum(seen) / len(seen):.1f}", "loss": f"{loss:.3f}"})
+        bar.update()
+        if on_task_end is not None:
+            on_task_end(done)
+    bar.close()
     timing = {
+        "diverged": done.diverged,
         "wall_s": time.perf_counter() - start,
         "train_s": sum(t["train_s"] for t in per_task),
         "eval_s": sum(t["eval_s"] for t in per_task),

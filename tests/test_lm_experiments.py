@@ -364,6 +364,9 @@ def test_cli_defaults_are_the_cpu_protocol():
         ["--num-tasks", "16"],
         ["--alpha", "0"],
         ["--lr", "-1e-4"],
+        ["--lr", "inf"],
+        ["--lr", "nan"],
+        ["--max-grad-norm", "nan"],
         ["--rank", "0"],
     ],
 )
@@ -476,3 +479,20 @@ def test_claim_preset_sets_its_protocol_and_options_override_it():
     assert settings.methods.basis_rule == "official"
     changed = lm_run.parse_args(["--data-root", "d", "--preset", "claim", "--lr", "3e-3", "--max-grad-norm", "0"])
     assert changed.lr == 3e-3 and changed.max_grad_norm is None and changed.min_steps == 100
+
+
+def test_a_diverged_run_is_recorded_warned_about_and_named_in_the_report(tmp_path):
+    def broken_model():
+        model = tiny_llama()
+        with torch.no_grad():
+            model.get_input_embeddings().weight.fill_(float("nan"))  # every loss is NaN
+        return model, char_tokenizer()
+
+    with pytest.warns(RuntimeWarning, match="training diverged on task 0"):
+        record = run_lm(
+            "seqlora", 0, tmp_path, tasks=fixture_tasks(2), model_name="tiny-llama", settings=TINY,
+            model_factory=broken_model, progress=False,
+        )  # fmt: skip
+    assert record["diverged_experiences"] == [0, 1] and record["train_loss"] == [None, None]
+    json.loads(result_path(tmp_path, "seqlora", 0).read_text(), parse_constant=pytest.fail)  # valid JSON
+    assert "Diverged (training loss NaN or infinite" in write_lm_report(tmp_path)
