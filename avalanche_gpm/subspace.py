@@ -143,19 +143,20 @@ def grow_basis(
     if basis is None:
         directions, s2 = principal_directions(gram)
         kept = first_task_rank(s2, threshold, first_task_rule)
-        return BasisUpdate(directions[:, :kept], s2[:kept])
+        # A copy, not a view: a view would keep (and torch.save would write) all d x d directions.
+        return BasisUpdate(directions[:, :kept].clone(), s2[:kept].clone())
 
     basis = basis.to(gram)
     complement = torch.eye(dim, dtype=gram.dtype, device=gram.device) - basis @ basis.T
     directions, s2 = principal_directions(complement @ gram @ complement)
     added = min(residual_rank(s2, float(torch.trace(gram)), threshold), dim - basis.shape[1])
     if added == 0:
-        return BasisUpdate(basis, s2[:0])
+        return BasisUpdate(basis, s2[:0].clone())
     # In exact arithmetic the residual directions are already orthogonal to the basis; one more
     # projection and a QR keep M^T M = I over many tasks (the official code appends them as-is).
     new = directions[:, :added]
     new, _ = torch.linalg.qr(new - basis @ (basis.T @ new))
-    return BasisUpdate(torch.cat([basis, new], dim=1), s2[:added])
+    return BasisUpdate(torch.cat([basis, new], dim=1), s2[:added].clone())
 
 
 def basis_strengths(basis: Tensor, gram: Tensor) -> Tensor:

@@ -159,3 +159,10 @@ def test_covariance_rule_on_a_later_task_matches_the_frobenius_criterion(thresho
 def test_unknown_energy_rule_is_refused():
     with pytest.raises(ValueError, match="energy rule must be one of"):
         grow_basis(None, torch.eye(3), 0.9, energy="lambda")
+
+
+def test_a_first_basis_owns_its_storage():
+    # a view into the d x d eigenvectors would keep them alive and be written whole by torch.save
+    c, _ = covariance([4.0, 2.0, 1.0, 0.5])
+    basis = grow_basis(None, c, 0.9).basis
+    assert basis.untyped_storage().nbytes() == basis.numel() * basis.element_size()
