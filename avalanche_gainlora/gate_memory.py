@@ -77,10 +77,6 @@ class GateMemory:
     def bases(self) -> dict[str, Tensor | None]:
         return self.memory.bases
 
-    def basis_sizes(self) -> dict[str, int]:
-        """Number of stored directions of every gate layer."""
-        return {layer: usage.basis_size for layer, usage in self.memory.usage().items()}
-
     def update(self, grams: dict[str, Tensor], task: int) -> None:
         """Grow every basis with one task's gate-input Gram matrices.
 

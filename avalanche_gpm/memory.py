@@ -172,6 +172,10 @@ class GradientProjectionMemory:
             importance[:kept] = (importance[:kept] + previous).clamp(0.0, 1.0)
         return importance
 
+    def basis_sizes(self) -> dict[str, int]:
+        """Number of stored directions of every layer."""
+        return {name: usage.basis_size for name, usage in self.usage().items()}
+
     def usage(self) -> dict[str, LayerMemoryUsage]:
         """Basis size and protected fraction of every layer's input space."""
         return {

@@ -13,11 +13,14 @@ again (``--force`` reruns). The model is loaded once and copied for each run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from avalanche_gainlora.bases import BASIS_RULES, OFFICIAL_SCHEDULE_TASKS
 from avalanche_gainlora.distributed import DistributedHelper, setup_distributed, shutdown_distributed
+from avalanche_gainlora.strategy import PRECISIONS
 from experiments.instruction import load_tasks, resolve_order
 from experiments.lm_methods import METHODS, MethodOptions, parse_methods
 from experiments.lm_models import ALIASES, CachedModelLoader
@@ -115,15 +118,10 @@ def _methods(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _optional_cap(text: str) -> int | None:
-    """A positive count, or 0 for none."""
-    return _cap(text)
-
-
 def _grad_norm(text: str) -> float | None:
     """A positive clipping norm; 0 switches clipping off."""
     value = float(text)
-    if value != value or value < 0 or value == float("inf"):
+    if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0: no clipping), got {text}")
     return value or None
 
@@ -198,7 +196,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
 
     train = parser.add_argument_group("training and evaluation")
     _protocol_option(train, "--epochs", positive_int, "epochs per task")
-    _protocol_option(train, "--min-steps", _optional_cap, "more epochs for tasks with fewer optimizer steps, 0: none")
+    _protocol_option(train, "--min-steps", _cap, "more epochs for tasks with fewer optimizer steps, 0: none")
     _protocol_option(train, "--batch-size", positive_int, "training mini-batch size")
     _protocol_option(train, "--eval-batch-size", positive_int, "prompts per generation batch")
     _protocol_option(train, "--lr", positive_float, "constant AdamW learning rate")
@@ -208,7 +206,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default=protocol["precision"],
         help=f"bf16: autocast of training and generation (default {protocol['precision']})",
     )
@@ -230,11 +228,14 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
         "--threshold", type=float, help="energy threshold of InfLoRA / GainLoRA bases (default: official schedule)"
     )
     methods.add_argument(
-        "--schedule-tasks", type=positive_int, default=15, help="T of the official schedule (default 15, the benchmarks' length)"
+        "--schedule-tasks",
+        type=positive_int,
+        default=OFFICIAL_SCHEDULE_TASKS,
+        help=f"T of the official schedule (default {OFFICIAL_SCHEDULE_TASKS}, the benchmarks' length)",
     )
     methods.add_argument(
         "--basis-rule",
-        choices=("official", "gpm"),
+        choices=tuple(BASIS_RULES),
         default="official",
         help="energy rule of InfLoRA / GainLoRA bases: official (squared covariance eigenvalues) or gpm (default official)",
     )

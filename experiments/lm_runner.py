@@ -297,7 +297,7 @@ def run_lm(
         # LoraBranches injects one peft adapter per task on purpose; peft warns from the second on.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         on_task_end = None if checkpoint is None else lambda done: save_run_checkpoint(checkpoint, config, done, plugins)
-        matrices, losses, timing = _train_and_evaluate(
+        done, timing = _train_and_evaluate(
             strategy, benchmark.train_stream, benchmark.test_stream, settings, label, primary, progress,
             resumed=resumed, on_task_end=on_task_end,
         )  # fmt: skip
@@ -306,6 +306,7 @@ def run_lm(
     if gates is not None:  # GainLoRA methods only
         gate_values = gate_matrix(gates, benchmark.test_stream, torch_device, settings.eval_batch_size)
 
+    matrices = done.matrices
     summary = {name: _ap_ft(matrix) for name, matrix in matrices.items()}
     names = [task.name for task in tasks]
     record = {
@@ -319,8 +320,8 @@ def run_lm(
         "final_scores": {name: dict(zip(names, matrix[-1])) for name, matrix in matrices.items()},
         "gate_matrix": gate_values,
         "diagnostics": plugin_diagnostics(plugins),
-        "train_loss": losses,
-        "diverged_experiences": timing["diverged"],
+        "train_loss": done.losses,
+        "diverged_experiences": done.diverged,
         "wall_time_s": timing["wall_s"],
         "train_time_s": timing["train_s"],
         "eval_time_s": timing["eval_s"],
@@ -439,19 +440,19 @@ def _train_and_evaluate(
     *,
     resumed: RunProgress | None = None,
     on_task_end: Callable[[RunProgress], None] | None = None,
-) -> tuple[dict[str, list[list[float | None]]], list[float | None], dict[str, Any]]:
+) -> tuple[RunProgress, dict[str, Any]]:
     """Train task by task, generating answers for the test prompts after each.
 
     :param resumed: what a killed run finished (its tasks are skipped), or None.
     :param on_task_end: called with the progress after every task (the runner's checkpoint).
-    :return: the score matrices by score name (None: not evaluated), the last epoch's training
-        loss of each task, and the timings.
+    :return: the progress of the whole run (score matrices by score name, None where not
+        evaluated; last-epoch losses; diverged tasks) and the timings.
     """
     num_tasks = len(train_stream)
     done = resumed or RunProgress(matrices={name: [] for name in SCORES})
     matrices, losses, per_task = done.matrices, done.losses, done.per_task
     start = time.perf_counter() - sum(t["train_s"] + t["eval_s"] for t in per_task)
-    bar = tqdm(train_stream, desc=label, unit="task", disable=not progress, initial=done.tasks_done)
+    bar = tqdm(total=num_tasks, initial=done.tasks_done, desc=label, unit="task", disable=not progress)
     for index, experience in enumerate(train_stream):
         if index < done.tasks_done:
             continue
@@ -486,13 +487,12 @@ def _train_and_evaluate(
             on_task_end(done)
     bar.close()
     timing = {
-        "diverged": done.diverged,
         "wall_s": time.perf_counter() - start,
         "train_s": sum(t["train_s"] for t in per_task),
         "eval_s": sum(t["eval_s"] for t in per_task),
         "per_task": per_task,
     }
-    return matrices, losses, timing
+    return done, timing
 
 
 def _last_loss(metrics: Mapping[str, Any]) -> float | None:

@@ -135,7 +135,7 @@ class GainLoRAPlugin(SupervisedPlugin, supports_distributed=True):
         grams = self._gate_grams(gate, pooled)
         update_on_main_process(self.memory, lambda: self.memory.update(grams, task=task))
         if self.diagnostics and self.diagnostics[-1]["task"] == task:
-            self.diagnostics[-1].update(gate_end=self._mean_gate(gate, pooled), basis_sizes=self.memory.basis_sizes())
+            self.diagnostics[-1].update(gate_end=self._mean_gate(gate, pooled), basis_sizes=self.memory.memory.basis_sizes())
 
     def state_dict(self) -> dict:
         return {

@@ -105,8 +105,7 @@ class InfLoRAPlugin(BranchPlugin, supports_distributed=True):
         grams = self._grams(strategy)
         update_on_main_process(self.memory, lambda: self.memory.update(grams, resolve_thresholds(self.threshold, task, names)))
         if self.diagnostics and self.diagnostics[-1]["task"] == task:
-            sizes = {name: usage.basis_size for name, usage in self.memory.usage().items()}
-            self.diagnostics[-1]["basis_sizes"] = sizes
+            self.diagnostics[-1]["basis_sizes"] = self.memory.basis_sizes()
 
     def state_dict(self) -> dict:
         return {
