@@ -59,19 +59,20 @@ Scaling further:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from avalanche.training.plugins import SupervisedPlugin
-from torch import Tensor, nn
+from torch import nn
 
 from avalanche_gpm.distributed import (
     DistributedHelper,
-    all_reduce_sum,
     check_train_sharding,
+    main_process_result,
     shutdown_distributed,
+    sum_grams_over_ranks,
     unwrap_from_ddp,
+    update_on_main_process,
 )
 
 __all__ = [
@@ -86,9 +87,6 @@ __all__ = [
     "unwrap_from_ddp",
     "update_on_main_process",
 ]
-
-T = TypeVar("T")
-
 
 def setup_distributed(seed: int = 0, *, cpu: bool = False) -> int:
     """Join the process group of a ``torchrun`` launch and seed every rank alike; returns the world size.
@@ -114,44 +112,6 @@ def setup_distributed(seed: int = 0, *, cpu: bool = False) -> int:
 def shard_positions(num_items: int) -> range:
     """Positions of a data set of ``num_items`` this rank handles: ``rank, rank + world_size, ...``."""
     return range(DistributedHelper.rank, num_items, DistributedHelper.world_size)
-
-
-def sum_grams_over_ranks(grams: Mapping[str, Tensor] | None, dims: Mapping[str, int]) -> dict[str, Tensor]:
-    """Sum every ``d x d`` Gram matrix over ranks (float64, CPU).
-
-    :param grams: this rank's Gram matrices by name; ``None`` or missing names where its shard was empty.
-    :param dims: the size ``d`` of every name, in the same order on every rank.
-    """
-    grams = grams or {}
-    summed = {}
-    for name, dim in dims.items():
-        local = grams.get(name)
-        local = torch.zeros(dim, dim, dtype=torch.float64) if local is None else local.detach().double().cpu()
-        summed[name] = all_reduce_sum(local)
-    return summed
-
-
-def main_process_result(compute: Callable[[], T]) -> T:
-    """``compute()`` on rank 0, broadcast to every rank; just ``compute()`` when not distributed."""
-    if not DistributedHelper.is_distributed:
-        return compute()
-    result = compute() if DistributedHelper.is_main_process else None
-    return DistributedHelper.broadcast_object(result)
-
-
-def update_on_main_process(memory: Any, update: Callable[[], None]) -> None:
-    """Run ``update()`` (which changes ``memory``) on rank 0 and give every rank rank 0's ``memory`` state.
-
-    :param memory: an object with ``state_dict()`` and ``load_state_dict(state)``.
-    """
-    if not DistributedHelper.is_distributed:
-        update()
-        return
-    if DistributedHelper.is_main_process:
-        update()
-    state = DistributedHelper.broadcast_object(memory.state_dict() if DistributedHelper.is_main_process else None)
-    if not DistributedHelper.is_main_process:
-        memory.load_state_dict(state)
 
 
 def broadcast_module_(module: nn.Module) -> nn.Module:

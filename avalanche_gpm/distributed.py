@@ -28,7 +28,8 @@ twice per epoch).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from avalanche.benchmarks.scenarios import CLExperience
@@ -47,11 +48,16 @@ __all__ = [
     "check_train_sharding",
     "distributed_accuracy",
     "distributed_accuracy_row",
+    "main_process_result",
     "shard_count",
     "shutdown_distributed",
+    "sum_grams_over_ranks",
     "unwrap_from_ddp",
+    "update_on_main_process",
     "wrap_for_ddp",
 ]
+
+T = TypeVar("T")
 
 
 def shard_count(num_items: int, available: int, rank: int, world_size: int) -> int:
@@ -72,6 +78,66 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     reduced = tensor.detach().clone().to(comm_device)
     torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.SUM)
     return reduced.to(device)
+
+
+def sum_grams_over_ranks(grams: Mapping[str, Tensor] | None, dims: Mapping[str, int]) -> dict[str, Tensor]:
+    """Sum every ``d x d`` Gram matrix over ranks (float64, CPU).
+
+    :param grams: this rank's Gram matrices by name; ``None`` or missing names where its shard was empty.
+    :param dims: the size ``d`` of every name, in the same order on every rank.
+    """
+    grams = grams or {}
+    summed = {}
+    for name, dim in dims.items():
+        local = grams.get(name)
+        local = torch.zeros(dim, dim, dtype=torch.float64) if local is None else local.detach().double().cpu()
+        summed[name] = all_reduce_sum(local)
+    return summed
+
+
+class _MainProcessFailure:
+    """What rank 0 broadcasts instead of a result when its computation raised."""
+
+    def __init__(self, error: BaseException):
+        self.description = f"{type(error).__name__}: {error}"
+
+
+def main_process_result(compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0, broadcast to every rank; just ``compute()`` when not distributed.
+
+    When ``compute()`` raises on rank 0, rank 0 re-raises and every other rank raises a
+    ``RuntimeError`` quoting it, instead of waiting forever for a result that never comes.
+    """
+    if not DistributedHelper.is_distributed:
+        return compute()
+    if DistributedHelper.is_main_process:
+        try:
+            result = compute()
+        except Exception as error:
+            DistributedHelper.broadcast_object(_MainProcessFailure(error))
+            raise
+        return DistributedHelper.broadcast_object(result)
+    result = DistributedHelper.broadcast_object(None)
+    if isinstance(result, _MainProcessFailure):
+        raise RuntimeError(f"rank 0 failed, so this rank stops too: {result.description}")
+    return result
+
+
+def update_on_main_process(memory: Any, update: Callable[[], None]) -> None:
+    """Run ``update()`` (which changes ``memory``) on rank 0 and give every rank rank 0's ``memory`` state.
+
+    A failure on rank 0 stops every rank (see :func:`main_process_result`).
+
+    :param memory: an object with ``state_dict()`` and ``load_state_dict(state)``.
+    """
+
+    def updated_state():
+        update()
+        return memory.state_dict()
+
+    state = main_process_result(updated_state)
+    if DistributedHelper.is_distributed and not DistributedHelper.is_main_process:
+        memory.load_state_dict(state)
 
 
 def check_train_sharding(experience) -> None:

@@ -22,6 +22,7 @@ from avalanche_gpm.projection import (
 from avalanche_gpm.step_recorder import StepRecord
 from avalanche_gpm.subspace import (
     FIRST_TASK_RULES,
+    DecompositionError,
     EnergyRule,
     FirstTaskRule,
     basis_strengths,
@@ -148,17 +149,30 @@ class GradientProjectionMemory:
     def update(self, grams: Mapping[str, Tensor], thresholds: Mapping[str, float]) -> None:
         """Grow every layer's basis from the Gram matrix of its inputs on a finished task.
 
+        All or nothing: the bases change only once every layer's update succeeded, so a failure
+        leaves the memory as it was before the task.
+
         :param grams: ``R R^T`` of each layer's representation matrix, by layer name.
         :param thresholds: energy threshold of each layer for this task.
+        :raises ValueError: for a layer without a Gram matrix, or whose inputs were NaN or infinite
+            (named), or whose decomposition failed.
         """
+        bases, importances = dict(self.bases), dict(self.importances)
         for name in self.layer_names:
             if name not in grams:
                 raise ValueError(f"no representation was captured for protected layer {name!r}")
             gram, old_basis = grams[name].double().cpu(), self.bases[name]
-            update = grow_basis(old_basis, gram, thresholds[name], self.first_task_rule, self.energy)
+            try:
+                update = grow_basis(old_basis, gram, thresholds[name], self.first_task_rule, self.energy)
+            except DecompositionError as error:
+                raise ValueError(
+                    f"cannot grow the basis of layer {name!r}: {error}; the memory is unchanged. Check the "
+                    "inputs this layer receives (NaN/inf usually come from a diverged model or unnormalised data)"
+                ) from error
             if self.sgp_alpha is not None:
-                self.importances[name] = self._grow_importance(name, old_basis, gram, update.added_energies)
-            self.bases[name] = update.basis
+                importances[name] = self._grow_importance(name, old_basis, gram, update.added_energies)
+            bases[name] = update.basis
+        self.bases, self.importances = bases, importances
         self._projectors.clear()
         self._takeovers.clear()
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from avalanche_gpm.capture import GramRecorder, input_dim
-from avalanche_gpm.distributed import DistributedHelper, all_reduce_sum, shard_count
+from avalanche_gpm.distributed import DistributedHelper, shard_count, sum_grams_over_ranks, update_on_main_process
 from avalanche_gpm.memory import GradientProjectionMemory, check_memory_options
 from avalanche_gpm.projection import ProjectionForm
 from avalanche_gpm.selection import LayerSelection, select_layers
@@ -227,16 +227,8 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
 
     def _update_distributed(self, grams: dict[str, torch.Tensor], thresholds: Mapping[str, float]) -> None:
         """Sum the ranks' Gram matrices, grow the bases on rank 0, give every rank rank 0's memory."""
-        summed = {}
-        for name, dim in self.memory.input_dims.items():
-            local = grams.get(name)  # missing where this rank's capture shard was empty
-            local = torch.zeros(dim, dim, dtype=torch.float64) if local is None else local.double().cpu()
-            summed[name] = all_reduce_sum(local)
-        if DistributedHelper.is_main_process:
-            self.memory.update(summed, thresholds)
-        state = DistributedHelper.broadcast_object(self.memory.state_dict() if DistributedHelper.is_main_process else None)
-        if not DistributedHelper.is_main_process:
-            self.memory.load_state_dict(state)
+        summed = sum_grams_over_ranks(grams, self.memory.input_dims)
+        update_on_main_process(self.memory, lambda: self.memory.update(summed, thresholds))
 
     @torch.no_grad()
     def _capture(self, strategy) -> dict[str, torch.Tensor]:

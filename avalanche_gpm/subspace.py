@@ -40,16 +40,37 @@ ENERGY_RULES: tuple[str, ...] = ("gram", "covariance")
 _ENERGY_SLACK = 1e-10
 
 
+class DecompositionError(RuntimeError):
+    """No eigen-decomposition of a Gram matrix could be computed (non-finite entries, or both
+    ``eigh`` and the SVD fallback failed). Callers that know the layer re-raise it with its name."""
+
+
 def principal_directions(gram: Tensor) -> tuple[Tensor, Tensor]:
     """Eigen-decompose a Gram matrix ``K = R R^T``.
+
+    ``torch.linalg.eigh`` can fail to converge on large rank-deficient Gram matrices (seen on a
+    4608-dimensional ResNet-18 conv input from ~50 samples); the SVD of the same symmetric positive
+    semi-definite matrix has the same left vectors and energies, and is used then.
 
     :param gram: symmetric positive semi-definite ``(d, d)`` matrix.
     :return: ``(U, s2)``: the directions (columns of ``U``, float64) sorted by decreasing energy
         ``s2`` (the squared singular values of ``R``; round-off negatives clipped to zero).
+    :raises DecompositionError: for NaN or infinite entries, or when no decomposition converges.
     """
     gram = gram.double()
+    if not bool(torch.isfinite(gram).all()):
+        raise DecompositionError("the Gram matrix has NaN or infinite entries (the layer saw NaN or inf inputs)")
     gram = (gram + gram.T) / 2  # accumulated Gram matrices drift from exact symmetry
-    s2, u = torch.linalg.eigh(gram)
+    try:
+        s2, u = torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError:
+        try:
+            u, s2, _ = torch.linalg.svd(gram)  # already in decreasing order
+        except torch.linalg.LinAlgError as error:
+            raise DecompositionError(
+                f"neither eigh nor the SVD converged on the {gram.shape[0]}-dimensional Gram matrix: {error}"
+            ) from error
+        return u, s2.clamp_min(0.0)
     order = torch.argsort(s2, descending=True)
     return u[:, order], s2[order].clamp_min(0.0)
 

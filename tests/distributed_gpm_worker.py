@@ -27,6 +27,7 @@ from avalanche_gpm.distributed import (  # noqa: E402
     check_train_sharding,
     distributed_accuracy_row,
     shutdown_distributed,
+    update_on_main_process,
     wrap_for_ddp,
 )
 from helpers import experience_inputs, gaussian_tasks, quiet_evaluator  # noqa: E402
@@ -134,6 +135,17 @@ def main(out_dir: str) -> None:
         result["drift_error"] = None
     except RuntimeError as error:
         result["drift_error"] = str(error)
+
+    # A memory update that fails on rank 0 (e.g. NaN inputs): every rank must raise, none wait.
+    def update_failing_on_rank_0():
+        grams = {name: torch.full((dim, dim), float("nan")) for name, dim in strategy.gpm.memory.input_dims.items()}
+        strategy.gpm.memory.update(grams, {name: 0.97 for name in grams})
+
+    try:
+        update_on_main_process(strategy.gpm.memory, update_failing_on_rank_0)
+        result["update_error"] = None
+    except (ValueError, RuntimeError) as error:
+        result["update_error"] = f"{type(error).__name__}: {error}"
 
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     shutdown_distributed(strategy)

@@ -125,3 +125,10 @@ def test_a_growing_model_needs_its_experiences_before_wrapping(runs):
         assert "pass wrap_for_ddp(strategy, experiences=benchmark.train_stream)" in result["growing_model_error"]
     assert single["growing_model_error"] is None  # no-op in one process
 
+
+
+def test_a_memory_update_failing_on_rank_0_stops_every_rank(runs):
+    (r0, r1), single = runs
+    assert r0["update_error"].startswith("ValueError: cannot grow the basis of layer '0'")
+    assert r1["update_error"].startswith("RuntimeError: rank 0 failed, so this rank stops too: ValueError: cannot grow")
+    assert single["update_error"].startswith("ValueError: cannot grow the basis of layer '0'")

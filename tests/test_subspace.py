@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from avalanche_gpm.projection import SubspaceProjector, cheapest_form
-from avalanche_gpm.subspace import first_task_rank, grow_basis, orthogonal_complement, residual_rank
+from avalanche_gpm.subspace import (
+    DecompositionError,
+    first_task_rank,
+    grow_basis,
+    orthogonal_complement,
+    principal_directions,
+    residual_rank,
+)
 
 
 def representation(singular_values, dim=10, columns=40, seed=0):
@@ -166,3 +173,31 @@ def test_a_first_basis_owns_its_storage():
     c, _ = covariance([4.0, 2.0, 1.0, 0.5])
     basis = grow_basis(None, c, 0.9).basis
     assert basis.untyped_storage().nbytes() == basis.numel() * basis.element_size()
+
+
+def _failing(*args, **kwargs):
+    raise torch.linalg.LinAlgError("failed to converge (simulated)")
+
+
+def test_an_eigh_that_does_not_converge_falls_back_to_the_svd(monkeypatch):
+    r, _ = representation(SPECTRUM)
+    expected, expected_s2 = principal_directions(r @ r.T)
+    monkeypatch.setattr(torch.linalg, "eigh", _failing)
+    directions, s2 = principal_directions(r @ r.T)
+    torch.testing.assert_close(s2, expected_s2)
+    torch.testing.assert_close(directions.T @ directions, torch.eye(10, dtype=torch.float64))
+    top = directions[:, :4]  # the data's span, the same subspace whichever decomposition found it
+    torch.testing.assert_close(top @ top.T, expected[:, :4] @ expected[:, :4].T)
+    assert grow_basis(None, r @ r.T, 0.95).basis.shape[1] == 3
+
+
+def test_a_decomposition_that_fails_both_ways_or_sees_nan_raises_its_own_error(monkeypatch):
+    r, _ = representation(SPECTRUM)
+    gram = r @ r.T
+    gram[0, 0] = float("nan")
+    with pytest.raises(DecompositionError, match="NaN or infinite"):
+        principal_directions(gram)
+    monkeypatch.setattr(torch.linalg, "eigh", _failing)
+    monkeypatch.setattr(torch.linalg, "svd", _failing)
+    with pytest.raises(DecompositionError, match="neither eigh nor the SVD converged on the 10-dimensional"):
+        principal_directions(r @ r.T)

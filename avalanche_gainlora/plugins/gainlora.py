@@ -7,12 +7,12 @@ from typing import Any
 import torch
 from avalanche.training.plugins import SupervisedPlugin
 
+from avalanche_gpm.distributed import all_reduce_sum
 from avalanche_gpm.settings import ThresholdSpec
 from avalanche_gainlora.bases import BasisRule
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.distributed import (
     DistributedHelper,
-    all_reduce_sum,
     broadcast_module_,
     main_process_result,
     sum_grams_over_ranks,
