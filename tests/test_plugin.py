@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.training import Naive
 from torch import nn
 
 from avalanche_gpm import GPM, GPMPlugin, LinearSchedule
+from avalanche_gpm.checkpoint import maybe_load_checkpoint, save_checkpoint
 from tests.helpers import accuracy_row, experience_inputs, gaussian_tasks, quiet_evaluator
 
 
@@ -148,9 +148,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
     first = gpm_strategy(resumed_model, threshold=0.95, num_samples=30)
     rows = train_and_eval(first, benchmark.train_stream[:2], benchmark.test_stream, 3)
     path = tmp_path / "checkpoint.pkl"
-    # Avalanche 0.6.0 + dill 0.4 cannot pickle torch optimizers here (see README); GPM needs no
-    # optimizer state across experiences, so the optimizer stays out of the checkpoint.
-    save_checkpoint(first, path, exclude=["optimizer"])
+    save_checkpoint(first, path)
     del first
 
     fresh_model = conv_model()
