@@ -10,11 +10,10 @@ import torch
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EWCPlugin, SupervisedPlugin
 
-from avalanche_gpm.checkpoint import maybe_load_checkpoint, save_checkpoint
-
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.data import InstructionExample
 from avalanche_gainlora.plugins import GainLoRAPlugin, InfLoRAPlugin, OLoRAPlugin, SeqLoRAPlugin
+from avalanche_gpm.checkpoint import maybe_load_checkpoint, save_checkpoint
 from tests.lm_fixtures import lm_benchmark, lm_evaluator, lm_strategy, lm_tasks, score_matrix, tiny_gpt2, tiny_llama, tiny_t5
 
 MODELS = {"llama": tiny_llama, "t5": tiny_t5, "gpt2": tiny_gpt2}
