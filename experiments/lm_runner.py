@@ -49,9 +49,10 @@ from avalanche_gainlora.distributed import DistributedHelper, DistributedLoRAPlu
 from avalanche_gainlora.generation_metrics import generation_metrics
 from avalanche_gainlora.plugins import GainLoRAPlugin
 from avalanche_gainlora.strategy import LanguageModelStrategy
+from experiments.checkpoints import checkpoint_path
 from experiments.evaluation import experience_row
 from experiments.instruction import InstructionTask
-from experiments.lm_checkpoints import RunProgress, checkpoint_path, resume_run, save_run_checkpoint
+from experiments.lm_checkpoints import RunProgress, resume_run, save_run_checkpoint
 from experiments.lm_methods import (
     MethodOptions,
     build_plugins,

@@ -9,13 +9,17 @@ record returned), so an interrupted sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import dill
 import torch
 from avalanche.benchmarks.scenarios import CLScenario, CLStream
 from avalanche.training import JointTraining
@@ -24,8 +28,10 @@ from avalanche.training.plugins import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
+from avalanche_gpm.checkpoint import register_optimizer_pickling
 from avalanche_gpm.distributed import DistributedHelper, distributed_accuracy_row, unwrap_from_ddp, wrap_for_ddp
 from experiments.benchmarks import get_benchmark
+from experiments.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
@@ -140,7 +146,6 @@ def run(
             raise ValueError(f"num_tasks must be in 1..{len(train_stream)} for {benchmark_name}, got {num_tasks}")
         train_stream, evaluated = train_stream[:num_tasks], evaluated[:num_tasks]
     torch_device = torch.device(device)
-    divergence = DivergenceMonitor()
     strategy = build_strategy(
         strategy_name,
         model=spec.model(),
@@ -148,16 +153,25 @@ def run(
         hyperparams=hyperparams.replace(batch_size=hyperparams.batch_size // world_size),
         evaluator=quiet_evaluator(),
         device=torch_device,
-        plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), divergence],
+        plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), DivergenceMonitor()],
         seed=seed,
     )
     wrap_for_ddp(strategy, experiences=train_stream)
+    joint = isinstance(strategy, JointTraining)
+    # One process: resume after the last experience a killed run finished (DDP and joint runs start afresh).
+    checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if world_size == 1 and not joint else None
+    if checkpoint is not None and force:
+        checkpoint.unlink(missing_ok=True)
+    resumed = resume_strategy(checkpoint, config, strategy) if checkpoint is not None else None
+    resumed_after = None if resumed is None else len(resumed.matrix)
 
     reset_cuda_peak(torch_device)
-    joint = isinstance(strategy, JointTraining)
-    matrix, wall_time, train_time = _train_and_evaluate(
-        strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint
-    )
+    on_end = None if checkpoint is None else lambda done: save_strategy_checkpoint(checkpoint, config, done, strategy)
+    done = _train_and_evaluate(
+        strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint,
+        resumed=resumed, on_experience_end=on_end,
+    )  # fmt: skip
+    matrix = done.matrix
     unwrap_from_ddp(strategy)
     # A joint run has only the final row: ACC is its mean, and BWT (forgetting) is undefined.
     acc, bwt = (sum(matrix[0]) / len(matrix[0]), None) if joint else acc_bwt(matrix)
@@ -168,16 +182,20 @@ def run(
         "acc": acc,
         "bwt": bwt,
         "joint": joint,
-        "wall_time_s": wall_time,
-        "train_time_s": train_time,
+        "wall_time_s": done.wall_s,
+        "train_time_s": done.train_s,
+        "resumed_after_experience": resumed_after,
         "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
         "gpm_usage_history": None if gpm is None else gpm.usage_history,
-        "diverged_experiences": divergence.diverged,
+        # the monitor in the strategy: a resumed strategy holds the one its checkpoint saved
+        "diverged_experiences": next(p for p in strategy.plugins if isinstance(p, DivergenceMonitor)).diverged,
         "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if DistributedHelper.is_main_process:
         write_atomically(path, record)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return record
 
 
@@ -239,6 +257,20 @@ def _check_distributed(strategy_name: str, hyperparams: Hyperparams, world_size:
         )
 
 
+@dataclasses.dataclass
+class RunProgress:
+    """What a run has produced so far: one accuracy row per finished experience, and its time.
+
+    :param matrix: the accuracy rows so far.
+    :param train_s: seconds spent in ``strategy.train``.
+    :param wall_s: seconds of the whole loop (training, evaluation, checkpoints).
+    """
+
+    matrix: list[list[float]] = dataclasses.field(default_factory=list)
+    train_s: float = 0.0
+    wall_s: float = 0.0
+
+
 def _train_and_evaluate(
     strategy: SupervisedTemplate,
     train_stream: CLStream,
@@ -246,34 +278,77 @@ def _train_and_evaluate(
     label: str,
     progress: bool,
     joint: bool = False,
-) -> tuple[list[list[float]], float, float]:
+    *,
+    resumed: RunProgress | None = None,
+    on_experience_end: Callable[[RunProgress], None] | None = None,
+) -> RunProgress:
     """Train experience by experience, evaluating the whole test stream after each.
 
     :param joint: train once on the whole stream instead (``JointTraining`` concatenates the
         experiences itself and refuses a second ``train``), which gives a single row.
-    :return: the accuracy matrix, the wall time of the loop and the time spent training.
+    :param resumed: what a killed run finished (its experiences are skipped), or None.
+    :param on_experience_end: called with the progress after every experience (the checkpoint).
+    :return: the accuracy matrix and the times of the whole run.
     """
-    matrix: list[list[float]] = []
-    train_time = 0.0
-    start = time.perf_counter()
+    done = resumed or RunProgress()
+    start = time.perf_counter() - done.wall_s
     steps = [train_stream] if joint else train_stream
-    bar = tqdm(steps, desc=label, unit="run" if joint else "task", disable=not progress)
+    bar = tqdm(
+        steps[len(done.matrix) :], desc=label, unit="run" if joint else "task", disable=not progress,
+        total=len(steps), initial=len(done.matrix),
+    )  # fmt: skip
     epochs = EpochProgress(bar, strategy.train_epochs)
     strategy.plugins.append(epochs)
     for step in bar:
         train_start = time.perf_counter()
         strategy.train(step)
-        train_time += time.perf_counter() - train_start
+        done.train_s += time.perf_counter() - train_start
         if DistributedHelper.is_distributed:
             # Avalanche's evaluation reports each rank's shard: reduce over the whole test set instead.
             batch_size = strategy.eval_mb_size
-            matrix.append(distributed_accuracy_row(strategy.model, test_stream, batch_size=batch_size, device=strategy.device))
+            done.matrix.append(
+                distributed_accuracy_row(strategy.model, test_stream, batch_size=batch_size, device=strategy.device)
+            )
         else:
-            matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream), test_stream.name))
-        seen = matrix[-1] if joint else matrix[-1][: len(matrix)]
+            done.matrix.append(accuracy_row(strategy.eval(test_stream), len(test_stream), test_stream.name))
+        seen = done.matrix[-1] if joint else done.matrix[-1][: len(done.matrix)]
         epochs.show(acc_seen=f"{sum(seen) / len(seen):.3f}")
+        done.wall_s = time.perf_counter() - start
+        if on_experience_end is not None:
+            strategy.plugins.remove(epochs)  # its progress bar is not part of the run's state
+            on_experience_end(done)
+            strategy.plugins.append(epochs)
     strategy.plugins.remove(epochs)
-    return matrix, time.perf_counter() - start, train_time
+    done.wall_s = time.perf_counter() - start
+    return done
+
+
+def save_strategy_checkpoint(path: Path, config: dict[str, Any], done: RunProgress, strategy: SupervisedTemplate) -> None:
+    """Checkpoint after a finished experience: the whole strategy (model, optimizer, plugins with
+    their memories and buffers, clock), the random generators, and the progress so far."""
+    register_optimizer_pickling()
+    saved = copy.copy(strategy)
+    for attribute in _TRANSIENT_ATTRIBUTES:  # the last experience's data: rebuilt by the next train()
+        setattr(saved, attribute, None)
+    state = {"strategy": saved, "rng": RNGManager.__getstate__(), "progress": dataclasses.asdict(done)}
+    write_checkpoint(path, config, state, pickle_module=dill)
+
+
+def resume_strategy(path: Path, config: dict[str, Any], strategy: SupervisedTemplate) -> RunProgress | None:
+    """Load a checkpoint into a freshly built strategy and the random generators; None when there is none.
+
+    :raises ValueError: for an unreadable checkpoint or one of another configuration.
+    """
+    state = read_checkpoint(path, config, pickle_module=dill)
+    if state is None:
+        return None
+    strategy.__dict__.update(state["strategy"].__dict__)  # as avalanche.checkpointing does
+    RNGManager.__setstate__(state["rng"])
+    return RunProgress(**state["progress"])
+
+
+#: Strategy attributes that hold the last experience's data and batches, not state.
+_TRANSIENT_ATTRIBUTES = ("experience", "adapted_dataset", "dataloader", "mbatch", "mb_output", "loss")
 
 
 def existing_record(path: Path, config: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.lm_checkpoints import checkpoint_path
+from experiments.checkpoints import checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: record fields that depend on when and how long the run ran, not on what it computed

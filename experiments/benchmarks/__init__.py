@@ -139,7 +139,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             batch_size=10,
             epochs=5,
             strategy_options={
-                "ewc": {"ewc_lambda": 10.0},
+                # A-GEM and ER: 100 samples per task, as for the image benchmarks (untuned).
+                **_baselines({"ewc_lambda": 10.0}, memory=1000, tasks=10),
                 **_projection_methods([0.85, 0.95, 0.95], num_samples=300),
             },
         ),

@@ -1,0 +1,65 @@
+"""Per-experience checkpoints of the runners: where they live, how they are written and read back.
+
+A checkpoint is a dict saved with ``torch.save`` next to the run's record, in
+``<out>/checkpoints/<name>_seed<seed>.pt`` (ignored by git). It carries the run's configuration,
+and a checkpoint of another configuration is refused, naming the fields that differ. What else
+it holds is the runner's business: :mod:`experiments.lm_checkpoints` saves the LoRA plugins'
+states, :mod:`experiments.runner` the whole Avalanche strategy (pickled with dill).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from experiments.configs import differing_fields
+
+
+def checkpoint_path(out_dir: str | os.PathLike, name: str, seed: int) -> Path:
+    """Where the checkpoint of one run lives: ``<out_dir>/checkpoints/<name>_seed<seed>.pt``."""
+    return Path(out_dir) / "checkpoints" / f"{name}_seed{seed}.pt"
+
+
+def write_checkpoint(
+    path: Path, config: Mapping[str, Any], state: Mapping[str, Any], *, pickle_module: ModuleType = pickle
+) -> None:
+    """Save ``state`` with the run's ``config``, through a temporary file of this process.
+
+    :param pickle_module: ``pickle`` for tensors and plain data, ``dill`` for whole strategies.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    torch.save({"config": json.loads(json.dumps(config)), **state}, partial, pickle_module=pickle_module)
+    os.replace(partial, path)
+
+
+def read_checkpoint(
+    path: Path, config: Mapping[str, Any], *, pickle_module: ModuleType = pickle
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (None when there is none), which must have been made with ``config``.
+
+    :raises ValueError: for an unreadable checkpoint or one of another configuration; rerunning
+        with ``--force`` starts afresh.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False, pickle_module=pickle_module)
+    except Exception as error:  # a truncated or foreign file: say which and what to do
+        raise ValueError(f"{path} is not a readable checkpoint ({error}); delete it or pass --force") from None
+    expected = json.loads(json.dumps(config))
+    if not isinstance(state, dict) or state.get("config") != expected:
+        found = state.get("config") if isinstance(state, dict) else None
+        fields = "all" if not isinstance(found, dict) else ", ".join(differing_fields([found, expected]))
+        raise ValueError(
+            f"{path} is the checkpoint of a run with another configuration (differing: {fields}); "
+            "pass --force to start afresh or choose another output folder"
+        )
+    return state
