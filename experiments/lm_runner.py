@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,7 +63,14 @@ from experiments.lm_methods import (
 from experiments.lm_models import load_model_and_tokenizer
 from experiments.metrics import ap_ft
 from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
-from experiments.runner import existing_record, write_atomically
+from experiments.records import (
+    check_output_folder,
+    existing_record,
+    read_record,
+    record_lock,
+    result_path,
+    write_atomically,
+)
 
 ModelFactory = Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
@@ -144,11 +150,6 @@ class LMSettings:
             record["target_modules"] = list(record["target_modules"])
         record["method_options"] = resolved_options(method, self.methods, encoder_decoder=encoder_decoder)
         return record
-
-
-def result_path(out_dir: str | os.PathLike, method: str, seed: int) -> Path:
-    """Where the record of one run lives: ``<out_dir>/<method>_seed<seed>.json``."""
-    return Path(out_dir) / f"{method}_seed{seed}.json"
 
 
 def tasks_fingerprint(tasks: Sequence[InstructionTask]) -> str:
@@ -233,110 +234,113 @@ def run_lm(
         model_factory = functools.partial(load_model_and_tokenizer, model_name, device=device)
     world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
 
-    if path.exists() and not force:
-        # The configuration depends on the model only through its name and architecture; take
-        # the architecture from the record rather than building a model just to skip a run.
-        recorded = json.loads(path.read_text()).get("config", {}).get("encoder_decoder", False)
-        config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data, world_size)
-        record = existing_record(path, config)
-        if progress:
-            tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
+    check_output_folder(out_dir)  # a bad --out found now, not after the training
+    # Held until the record is written: a second process on the same record stops at once.
+    with record_lock(path, enabled=DistributedHelper.is_main_process):
+        if path.exists() and not force:
+            # The configuration depends on the model only through its name and architecture; take
+            # the architecture from the record rather than building a model just to skip a run.
+            recorded = read_record(path)["config"].get("encoder_decoder", False)
+            config = run_config(method, seed, tasks, model_name, settings, bool(recorded), data, world_size)
+            record = existing_record(path, config)
+            if progress:
+                tqdm.write(f"{method} seed {seed}: {path} exists, skipped (force to rerun)")
+            return record
+
+        commit = process_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
+        model, tokenizer = model_factory()
+        torch_device = torch.device(device)
+        model.to(torch_device)
+        config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data, world_size)
+        if world_size > 1:
+            check_distributed_batch(settings.batch_size, world_size)
+
+        RNGManager.set_random_seeds(seed)
+        benchmark = instruction_benchmark(
+            [task.train for task in tasks],
+            [task.test for task in tasks],
+            tokenizer,
+            is_encoder_decoder=config["encoder_decoder"],
+            max_prompt_tokens=settings.max_prompt_tokens,
+            max_answer_tokens=settings.max_answer_tokens,
+        )
+        branches = LoraBranches(
+            model,
+            target_modules=settings.target_modules,
+            rank=settings.rank,
+            alpha=settings.alpha,
+            dropout=settings.dropout,
+        )
+        plugins = build_plugins(method, branches, options=settings.methods)
+        # One process: resume after the last task a killed run finished (DDP runs start afresh).
+        checkpoint = checkpoint_path(out_dir, method, seed) if world_size == 1 else None
+        if checkpoint is not None and force:
+            checkpoint.unlink(missing_ok=True)
+        resumed = resume_run(checkpoint, config, plugins) if checkpoint is not None else None
+        resumed_after = None if resumed is None else resumed.tasks_done
+        if world_size > 1:
+            plugins.append(DistributedLoRAPlugin())  # after the method plugins, which add each task's branch
+        strategy = GenerationEvalStrategy(
+            model=model,
+            optimizer=torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay),
+            tokenizer=tokenizer,
+            train_mb_size=settings.batch_size // world_size,
+            train_epochs=settings.epochs,
+            eval_mb_size=settings.eval_batch_size,
+            device=torch_device,
+            plugins=plugins,
+            evaluator=_evaluator(verbose),
+            max_new_tokens=settings.max_new_tokens,
+            max_grad_norm=settings.max_grad_norm,
+            precision=settings.precision,
+        )
+
+        reset_cuda_peak(torch_device)
+        primary = PRIMARY_SCORE[benchmark_name]
+        label = f"{method} seed {seed}"
+        with warnings.catch_warnings():
+            # LoraBranches injects one peft adapter per task on purpose; peft warns from the second on.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            on_task_end = None if checkpoint is None else lambda done: save_run_checkpoint(checkpoint, config, done, plugins)
+            done, timing = _train_and_evaluate(
+                strategy, benchmark.train_stream, benchmark.test_stream, settings, label, primary, progress,
+                resumed=resumed, on_task_end=on_task_end,
+            )  # fmt: skip
+        gates = gate_plugin(plugins)
+        gate_values = None
+        if gates is not None:  # GainLoRA methods only
+            gate_values = gate_matrix(gates, benchmark.test_stream, torch_device, settings.eval_batch_size)
+
+        matrices = done.matrices
+        summary = {name: _ap_ft(matrix) for name, matrix in matrices.items()}
+        names = [task.name for task in tasks]
+        record = {
+            "config": config,
+            "primary_metric": primary,
+            "score_matrix": matrices[primary],
+            "ap": summary[primary]["ap"],
+            "ft": summary[primary]["ft"],
+            "score_matrices": matrices,
+            "metrics": summary,
+            "final_scores": {name: dict(zip(names, matrix[-1])) for name, matrix in matrices.items()},
+            "gate_matrix": gate_values,
+            "diagnostics": plugin_diagnostics(plugins),
+            "train_loss": done.losses,
+            "diverged_experiences": done.diverged,
+            "wall_time_s": timing["wall_s"],
+            "train_time_s": timing["train_s"],
+            "eval_time_s": timing["eval_s"],
+            "task_times_s": timing["per_task"],
+            "resumed_after_task": resumed_after,
+            "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
+            "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if DistributedHelper.is_main_process:
+            write_atomically(path, record)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
         return record
-
-    commit = process_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
-    model, tokenizer = model_factory()
-    torch_device = torch.device(device)
-    model.to(torch_device)
-    config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data, world_size)
-    if world_size > 1:
-        check_distributed_batch(settings.batch_size, world_size)
-
-    RNGManager.set_random_seeds(seed)
-    benchmark = instruction_benchmark(
-        [task.train for task in tasks],
-        [task.test for task in tasks],
-        tokenizer,
-        is_encoder_decoder=config["encoder_decoder"],
-        max_prompt_tokens=settings.max_prompt_tokens,
-        max_answer_tokens=settings.max_answer_tokens,
-    )
-    branches = LoraBranches(
-        model,
-        target_modules=settings.target_modules,
-        rank=settings.rank,
-        alpha=settings.alpha,
-        dropout=settings.dropout,
-    )
-    plugins = build_plugins(method, branches, options=settings.methods)
-    # One process: resume after the last task a killed run finished (DDP runs start afresh).
-    checkpoint = checkpoint_path(out_dir, method, seed) if world_size == 1 else None
-    if checkpoint is not None and force:
-        checkpoint.unlink(missing_ok=True)
-    resumed = resume_run(checkpoint, config, plugins) if checkpoint is not None else None
-    resumed_after = None if resumed is None else resumed.tasks_done
-    if world_size > 1:
-        plugins.append(DistributedLoRAPlugin())  # after the method plugins, which add each task's branch
-    strategy = GenerationEvalStrategy(
-        model=model,
-        optimizer=torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay),
-        tokenizer=tokenizer,
-        train_mb_size=settings.batch_size // world_size,
-        train_epochs=settings.epochs,
-        eval_mb_size=settings.eval_batch_size,
-        device=torch_device,
-        plugins=plugins,
-        evaluator=_evaluator(verbose),
-        max_new_tokens=settings.max_new_tokens,
-        max_grad_norm=settings.max_grad_norm,
-        precision=settings.precision,
-    )
-
-    reset_cuda_peak(torch_device)
-    primary = PRIMARY_SCORE[benchmark_name]
-    label = f"{method} seed {seed}"
-    with warnings.catch_warnings():
-        # LoraBranches injects one peft adapter per task on purpose; peft warns from the second on.
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        on_task_end = None if checkpoint is None else lambda done: save_run_checkpoint(checkpoint, config, done, plugins)
-        done, timing = _train_and_evaluate(
-            strategy, benchmark.train_stream, benchmark.test_stream, settings, label, primary, progress,
-            resumed=resumed, on_task_end=on_task_end,
-        )  # fmt: skip
-    gates = gate_plugin(plugins)
-    gate_values = None
-    if gates is not None:  # GainLoRA methods only
-        gate_values = gate_matrix(gates, benchmark.test_stream, torch_device, settings.eval_batch_size)
-
-    matrices = done.matrices
-    summary = {name: _ap_ft(matrix) for name, matrix in matrices.items()}
-    names = [task.name for task in tasks]
-    record = {
-        "config": config,
-        "primary_metric": primary,
-        "score_matrix": matrices[primary],
-        "ap": summary[primary]["ap"],
-        "ft": summary[primary]["ft"],
-        "score_matrices": matrices,
-        "metrics": summary,
-        "final_scores": {name: dict(zip(names, matrix[-1])) for name, matrix in matrices.items()},
-        "gate_matrix": gate_values,
-        "diagnostics": plugin_diagnostics(plugins),
-        "train_loss": done.losses,
-        "diverged_experiences": done.diverged,
-        "wall_time_s": timing["wall_s"],
-        "train_time_s": timing["train_s"],
-        "eval_time_s": timing["eval_s"],
-        "task_times_s": timing["per_task"],
-        "resumed_after_task": resumed_after,
-        "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
-        "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if DistributedHelper.is_main_process:
-        write_atomically(path, record)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
-    return record
 
 
 def plugin_diagnostics(plugins: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:

@@ -7,7 +7,6 @@ after copying in records of seeds run elsewhere.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 from experiments.cli_errors import exit_on_user_error
 from experiments.configs import differing_fields
 from experiments.plots import plot_acc_bwt, plot_accuracy_matrices, plot_gpm_memory, plot_task_curves
+from experiments.records import read_record
 from experiments.tables import divergence_note, markdown_table, summarise, write_csv
 
 RECORD_PATTERN = "*_seed*.json"
@@ -38,7 +38,7 @@ def load_records(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     paths = sorted(Path(out_dir).glob(RECORD_PATTERN))
     if not paths:
         raise FileNotFoundError(f"no run records ({RECORD_PATTERN}) in {out_dir}")
-    return [json.loads(path.read_text()) for path in paths]
+    return [read_record(path) for path in paths]
 
 
 def group_by_strategy(

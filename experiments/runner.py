@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
 from experiments.plugins import DivergenceMonitor, EpochProgress, ValidationLRSchedule
 from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
+from experiments.records import check_output_folder, existing_record, record_lock, result_path, write_atomically
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
 
@@ -47,16 +47,6 @@ DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("naive", "gpm", "sgp", "replay")
 
 #: Streams an accuracy matrix can be measured on: the test split, or the validation split for tuning.
 EVAL_STREAMS: tuple[str, ...] = ("test", "valid")
-
-
-def result_path(out_dir: str | os.PathLike, strategy_name: str, seed: int) -> Path:
-    """Where the record of one run lives.
-
-    :param out_dir: output folder of the sweep.
-    :param strategy_name: registered strategy name.
-    :param seed: the run's seed.
-    """
-    return Path(out_dir) / f"{strategy_name}_seed{seed}.json"
 
 
 def run(
@@ -131,72 +121,75 @@ def run(
         _check_distributed(strategy_name, hyperparams, world_size)
         config["world_size"] = world_size  # batch_size stays the global batch
     path = result_path(out_dir, record_name or strategy_name, seed)
-    if path.exists() and not force:
-        record = existing_record(path, config)
-        if progress:
-            tqdm.write(f"{strategy_name} seed {seed}: {path} exists, skipped (force to rerun)")
+    check_output_folder(out_dir)  # a bad --out found now, not after the training
+    # Held until the record is written: a second process on the same record stops at once.
+    with record_lock(path, enabled=DistributedHelper.is_main_process):
+        if path.exists() and not force:
+            record = existing_record(path, config)
+            if progress:
+                tqdm.write(f"{strategy_name} seed {seed}: {path} exists, skipped (force to rerun)")
+            return record
+
+        commit = process_commit()  # the code that runs, even if the checkout moves on during a long run
+        RNGManager.set_random_seeds(seed)
+        benchmark = spec.build(seed, data_root, download)
+        train_stream, evaluated = benchmark.train_stream, _evaluation_stream(benchmark, benchmark_name, eval_stream)
+        if num_tasks is not None:
+            if not 1 <= num_tasks <= len(train_stream):
+                raise ValueError(f"num_tasks must be in 1..{len(train_stream)} for {benchmark_name}, got {num_tasks}")
+            train_stream, evaluated = train_stream[:num_tasks], evaluated[:num_tasks]
+        torch_device = torch.device(device)
+        strategy = build_strategy(
+            strategy_name,
+            model=spec.model(),
+            # Under DDP each rank takes its share of the global batch.
+            hyperparams=hyperparams.replace(batch_size=hyperparams.batch_size // world_size),
+            evaluator=quiet_evaluator(),
+            device=torch_device,
+            plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), DivergenceMonitor()],
+            seed=seed,
+        )
+        wrap_for_ddp(strategy, experiences=train_stream)
+        joint = isinstance(strategy, JointTraining)
+        # One process: resume after the last experience a killed run finished (DDP and joint runs start afresh).
+        checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if world_size == 1 and not joint else None
+        if checkpoint is not None and force:
+            checkpoint.unlink(missing_ok=True)
+        resumed = resume_strategy(checkpoint, config, strategy) if checkpoint is not None else None
+        resumed_after = None if resumed is None else len(resumed.matrix)
+
+        reset_cuda_peak(torch_device)
+        on_end = None if checkpoint is None else lambda done: save_strategy_checkpoint(checkpoint, config, done, strategy)
+        done = _train_and_evaluate(
+            strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint,
+            resumed=resumed, on_experience_end=on_end,
+        )  # fmt: skip
+        matrix = done.matrix
+        unwrap_from_ddp(strategy)
+        # A joint run has only the final row: ACC is its mean, and BWT (forgetting) is undefined.
+        acc, bwt = (sum(matrix[0]) / len(matrix[0]), None) if joint else acc_bwt(matrix)
+        gpm = getattr(strategy, "gpm", None)
+        record = {
+            "config": config,
+            "accuracy_matrix": matrix,
+            "acc": acc,
+            "bwt": bwt,
+            "joint": joint,
+            "wall_time_s": done.wall_s,
+            "train_time_s": done.train_s,
+            "resumed_after_experience": resumed_after,
+            "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
+            "gpm_usage_history": None if gpm is None else gpm.usage_history,
+            # the monitor in the strategy: a resumed strategy holds the one its checkpoint saved
+            "diverged_experiences": next(p for p in strategy.plugins if isinstance(p, DivergenceMonitor)).diverged,
+            "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if DistributedHelper.is_main_process:
+            write_atomically(path, record)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
         return record
-
-    commit = process_commit()  # the code that runs, even if the checkout moves on during a long run
-    RNGManager.set_random_seeds(seed)
-    benchmark = spec.build(seed, data_root, download)
-    train_stream, evaluated = benchmark.train_stream, _evaluation_stream(benchmark, benchmark_name, eval_stream)
-    if num_tasks is not None:
-        if not 1 <= num_tasks <= len(train_stream):
-            raise ValueError(f"num_tasks must be in 1..{len(train_stream)} for {benchmark_name}, got {num_tasks}")
-        train_stream, evaluated = train_stream[:num_tasks], evaluated[:num_tasks]
-    torch_device = torch.device(device)
-    strategy = build_strategy(
-        strategy_name,
-        model=spec.model(),
-        # Under DDP each rank takes its share of the global batch.
-        hyperparams=hyperparams.replace(batch_size=hyperparams.batch_size // world_size),
-        evaluator=quiet_evaluator(),
-        device=torch_device,
-        plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), DivergenceMonitor()],
-        seed=seed,
-    )
-    wrap_for_ddp(strategy, experiences=train_stream)
-    joint = isinstance(strategy, JointTraining)
-    # One process: resume after the last experience a killed run finished (DDP and joint runs start afresh).
-    checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if world_size == 1 and not joint else None
-    if checkpoint is not None and force:
-        checkpoint.unlink(missing_ok=True)
-    resumed = resume_strategy(checkpoint, config, strategy) if checkpoint is not None else None
-    resumed_after = None if resumed is None else len(resumed.matrix)
-
-    reset_cuda_peak(torch_device)
-    on_end = None if checkpoint is None else lambda done: save_strategy_checkpoint(checkpoint, config, done, strategy)
-    done = _train_and_evaluate(
-        strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint,
-        resumed=resumed, on_experience_end=on_end,
-    )  # fmt: skip
-    matrix = done.matrix
-    unwrap_from_ddp(strategy)
-    # A joint run has only the final row: ACC is its mean, and BWT (forgetting) is undefined.
-    acc, bwt = (sum(matrix[0]) / len(matrix[0]), None) if joint else acc_bwt(matrix)
-    gpm = getattr(strategy, "gpm", None)
-    record = {
-        "config": config,
-        "accuracy_matrix": matrix,
-        "acc": acc,
-        "bwt": bwt,
-        "joint": joint,
-        "wall_time_s": done.wall_s,
-        "train_time_s": done.train_s,
-        "resumed_after_experience": resumed_after,
-        "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
-        "gpm_usage_history": None if gpm is None else gpm.usage_history,
-        # the monitor in the strategy: a resumed strategy holds the one its checkpoint saved
-        "diverged_experiences": next(p for p in strategy.plugins if isinstance(p, DivergenceMonitor)).diverged,
-        "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if DistributedHelper.is_main_process:
-        write_atomically(path, record)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
-    return record
 
 
 def _evaluation_stream(benchmark: CLScenario, benchmark_name: str, eval_stream: str) -> CLStream:
@@ -349,24 +342,3 @@ def resume_strategy(path: Path, config: dict[str, Any], strategy: SupervisedTemp
 
 #: Strategy attributes that hold the last experience's data and batches, not state.
 _TRANSIENT_ATTRIBUTES = ("experience", "adapted_dataset", "dataloader", "mbatch", "mb_output", "loss")
-
-
-def existing_record(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The record at ``path``, which must have been made with ``config`` (else a ValueError says how to rerun)."""
-    record = json.loads(path.read_text())
-    # Compare in JSON form: tuples in the preset are lists in the file.
-    if record["config"] != json.loads(json.dumps(config)):
-        raise ValueError(
-            f"{path} holds a run with another configuration ({record['config']}, now {config}); "
-            "pass force=True (--force) to overwrite it or choose another output folder"
-        )
-    return record
-
-
-def write_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Write a run record as JSON through a temporary file, creating the folder if needed."""
-    # An interrupted write must not leave a truncated record that later sweeps would skip.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, path)

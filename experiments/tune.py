@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import re
 from collections import defaultdict
@@ -33,6 +32,7 @@ from experiments.cli_types import add_run_arguments, comma_list, run_keywords, s
 from experiments.configs import differing_fields
 from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
+from experiments.records import read_record
 from experiments.runner import run
 from experiments.strategies import build_strategy
 from experiments.tables import divergence_note, markdown_table, summarise, write_csv
@@ -209,7 +209,7 @@ def write_tuning_report(out_dir: str | os.PathLike, strategy: str) -> str:
 def _validation_records(out_dir: str | os.PathLike, strategy: str) -> list[dict[str, Any]]:
     """The validation records of ``strategy`` in ``out_dir``, in file-name order."""
     paths = sorted(Path(out_dir).glob(f"{strategy}_*_seed*.json"))
-    records = [json.loads(path.read_text()) for path in paths]
+    records = [read_record(path) for path in paths]
     return [r for r in records if r["config"].get("eval_stream") == "valid" and r["config"]["strategy"] == strategy]
 
 

@@ -18,7 +18,8 @@ from experiments.metrics import acc_bwt
 from experiments.report import write_report
 from experiments.run import main as cli_main
 from experiments.run import parse_args
-from experiments.runner import result_path, run
+from experiments.records import result_path
+from experiments.runner import run
 from experiments.strategies import STRATEGIES, build_strategy
 
 TINY = {"num_tasks": 2, "progress": False}

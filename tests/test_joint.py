@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.report import write_report
-from experiments.runner import result_path, run
+from experiments.records import result_path
+from experiments.runner import run
 from experiments.strategies import build_strategy
 from tests.helpers import gaussian_tasks
 from tests.test_experiments import FIGURES, TINY, tiny_hyperparams

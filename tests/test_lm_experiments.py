@@ -17,7 +17,8 @@ from experiments import lm_models, lm_run, lm_runner
 from experiments.instruction import InstructionTask, get_benchmark
 from experiments.lm_methods import METHODS, MethodOptions, build_plugins, get_method, parse_methods
 from experiments.lm_report import write_lm_report
-from experiments.lm_runner import LMSettings, result_path, run_lm
+from experiments.lm_runner import LMSettings, run_lm
+from experiments.records import result_path
 from tests.lm_fixtures import char_tokenizer, tiny_llama, tiny_t5
 
 NUM_TASKS = 3

@@ -12,7 +12,8 @@ from experiments import benchmarks as benchmarks_module
 from experiments.benchmarks import BenchmarkSpec
 from experiments.benchmarks.image_data import TaskSplits, make_benchmark
 from experiments.hyperparams import Hyperparams
-from experiments.runner import result_path, run
+from experiments.records import result_path
+from experiments.runner import run
 from experiments.tune import grid_points, main as tune_main, parse_grid_axis, point_record_name, tune, write_tuning_report
 
 FEATURES, CLASSES = 8, 3
