@@ -95,8 +95,16 @@ def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
 TAKEOVER_COST_FLOPS = 2e6
 
 
-def check_memory_options(first_task_rule: str, sgp_alpha: float | None, energy: str = "gram") -> None:
+def check_memory_options(
+    first_task_rule: str, sgp_alpha: float | None, energy: str = "gram", projection_form: str | None = None
+) -> None:
     """Fail early on options :class:`GradientProjectionMemory` cannot use."""
+    forms = available_forms(sgp_alpha is not None)
+    if projection_form is not None and projection_form not in forms:
+        method = "SGP" if sgp_alpha is not None else "GPM"
+        raise ValueError(
+            f"{method}'s projection_form must be None (the cheapest per layer) or one of {forms}, got {projection_form!r}"
+        )
     if first_task_rule not in FIRST_TASK_RULES:
         raise ValueError(f"first_task_rule must be one of {FIRST_TASK_RULES}, got {first_task_rule!r}")
     check_energy_rule(energy)
@@ -127,7 +135,7 @@ class GradientProjectionMemory:
         sgp_alpha: float | None = None,
         energy: EnergyRule = "gram",
     ):
-        check_memory_options(first_task_rule, sgp_alpha, energy)
+        check_memory_options(first_task_rule, sgp_alpha, energy, projection_form)
         self.energy: EnergyRule = energy
         self.input_dims = dict(input_dims)
         self.first_task_rule: FirstTaskRule = first_task_rule

@@ -91,7 +91,14 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         self.projection_form = projection_form
         self.seed = seed
         self.sgp_alpha = sgp_alpha
-        check_memory_options(first_task_rule, sgp_alpha)
+        check_memory_options(first_task_rule, sgp_alpha, projection_form=projection_form)
+        if capture_batch_size is not None and (
+            isinstance(capture_batch_size, bool) or not isinstance(capture_batch_size, int) or capture_batch_size <= 0
+        ):
+            raise ValueError(
+                f"GPM capture_batch_size is {capture_batch_size!r}; it must be a positive integer, or None for "
+                "all samples in one batch (the paper's choice)"
+            )
 
         self.memory: GradientProjectionMemory | None = None
         self.experiences_learned = 0
@@ -237,6 +244,11 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         dataset = strategy.experience.dataset.eval()
         if len(dataset) == 0:
             raise ValueError("GPM cannot build its memory from an empty experience")
+        if len(dataset) < max(num_samples.values()):
+            warnings.warn(
+                f"GPM num_samples asks for {max(num_samples.values())} samples but experience "
+                f"{strategy.experience.current_experience} has {len(dataset)}: its representation uses all of them"
+            )
         generator = torch.Generator().manual_seed(self.seed + self.experiences_learned)
         collate_fn = getattr(dataset, "collate_fn", None)
         if DistributedHelper.is_distributed:

@@ -29,7 +29,8 @@ class LinearSchedule:
 
 
 def _check_value(value: object, where: str) -> float:
-    if not isinstance(value, Real) or not 0.0 < float(value) <= 1.0:
+    # bool is an int: threshold=True would silently protect all of the energy
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 < float(value) <= 1.0:
         raise ValueError(
             f"GPM threshold{where} is {value!r}; it is the fraction of input energy to protect "
             "and must be a number in (0, 1], e.g. 0.97"

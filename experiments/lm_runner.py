@@ -62,7 +62,14 @@ from experiments.lm_methods import (
 )
 from experiments.lm_models import load_model_and_tokenizer
 from experiments.metrics import ap_ft
-from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
+from experiments.provenance import (
+    cuda_peak_mib,
+    max_rss_mib,
+    package_versions,
+    process_commit,
+    reset_cuda_peak,
+    source_fingerprint,
+)
 from experiments.records import (
     check_output_folder,
     existing_record,
@@ -248,6 +255,7 @@ def run_lm(
             return record
 
         commit = process_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
+        source = source_fingerprint(LM_CODE_DIRS)
         model, tokenizer = model_factory()
         torch_device = torch.device(device)
         model.to(torch_device)
@@ -333,7 +341,12 @@ def run_lm(
             "task_times_s": timing["per_task"],
             "resumed_after_task": resumed_after,
             "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
-            "environment": {"device": str(torch_device), "packages": package_versions(LM_PACKAGES), "git_commit": commit},
+            "environment": {
+                "device": str(torch_device),
+                "packages": package_versions(LM_PACKAGES),
+                "git_commit": commit,
+                "source_sha256": source,
+            },
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if DistributedHelper.is_main_process:

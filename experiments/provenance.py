@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-
+import hashlib
 import platform
 import resource
 import subprocess
@@ -43,11 +43,17 @@ def _git(*args: str) -> str | None:
 
 def git_commit(code_dirs: Sequence[str] = _CODE_DIRS) -> str | None:
     """The project's ``HEAD`` commit, with ``+dirty`` when tracked code differs from it; None
-    outside a git checkout or without git.
+    when the code does not run from a git checkout of this project (an installed copy, even one
+    inside some other repository, or no git).
 
     :param code_dirs: folders (relative to the project root) whose tracked changes mark the
         commit dirty.
     """
+    # An installed copy lives in site-packages; a virtual environment inside the *user's*
+    # repository would otherwise give that repository's HEAD.
+    toplevel = _git("rev-parse", "--show-toplevel")
+    if toplevel is None or Path(toplevel).resolve() != PROJECT_ROOT or not (PROJECT_ROOT / "pyproject.toml").is_file():
+        return None
     head = _git("rev-parse", "HEAD")
     if not head:
         return None
@@ -63,6 +69,23 @@ def process_commit(code_dirs: Sequence[str] = _CODE_DIRS) -> str | None:
     commits made while the sweep ran, not the code it runs.
     """
     return git_commit(tuple(code_dirs))
+
+
+@functools.cache
+def source_fingerprint(code_dirs: Sequence[str] = _CODE_DIRS) -> str:
+    """SHA-256 of the Python sources of ``code_dirs`` as imported (paths and contents): names the
+    code a record came from whether or not it runs from a git checkout.
+
+    Read once per process, like :func:`process_commit`.
+    """
+    digest = hashlib.sha256()
+    for folder in code_dirs:
+        root = PROJECT_ROOT / folder
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(PROJECT_ROOT).as_posix().encode())
+            digest.update(b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def max_rss_mib() -> float:

@@ -50,7 +50,9 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
             pass
     except OSError as error:
-        raise ValueError(f"cannot write records into --out {out} ({error.strerror}); choose a writable folder") from None
+        raise ValueError(
+            f"cannot write records into --out {out} ({error.strerror}); choose a writable folder"
+        ) from None
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
         raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +36,14 @@ from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
 from experiments.plugins import DivergenceMonitor, EpochProgress, ValidationLRSchedule
-from experiments.provenance import cuda_peak_mib, max_rss_mib, package_versions, process_commit, reset_cuda_peak
+from experiments.provenance import (
+    cuda_peak_mib,
+    max_rss_mib,
+    package_versions,
+    process_commit,
+    reset_cuda_peak,
+    source_fingerprint,
+)
 from experiments.records import check_output_folder, existing_record, record_lock, result_path, write_atomically
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
@@ -131,6 +139,7 @@ def run(
             return record
 
         commit = process_commit()  # the code that runs, even if the checkout moves on during a long run
+        source = source_fingerprint()
         RNGManager.set_random_seeds(seed)
         benchmark = spec.build(seed, data_root, download)
         train_stream, evaluated = benchmark.train_stream, _evaluation_stream(benchmark, benchmark_name, eval_stream)
@@ -146,20 +155,26 @@ def run(
             hyperparams=hyperparams.replace(batch_size=hyperparams.batch_size // world_size),
             evaluator=quiet_evaluator(),
             device=torch_device,
-            plugins=[*_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)), DivergenceMonitor()],
+            plugins=[
+                *_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)),
+                DivergenceMonitor(),
+            ],
             seed=seed,
         )
         wrap_for_ddp(strategy, experiences=train_stream)
         joint = isinstance(strategy, JointTraining)
         # One process: resume after the last experience a killed run finished (DDP and joint runs start afresh).
-        checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if world_size == 1 and not joint else None
+        resumable = world_size == 1 and not joint
+        checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if resumable else None
         if checkpoint is not None and force:
             checkpoint.unlink(missing_ok=True)
         resumed = resume_strategy(checkpoint, config, strategy) if checkpoint is not None else None
         resumed_after = None if resumed is None else len(resumed.matrix)
 
         reset_cuda_peak(torch_device)
-        on_end = None if checkpoint is None else lambda done: save_strategy_checkpoint(checkpoint, config, done, strategy)
+        on_end = (
+            None if checkpoint is None else functools.partial(save_strategy_checkpoint, checkpoint, config, strategy=strategy)
+        )
         done = _train_and_evaluate(
             strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint,
             resumed=resumed, on_experience_end=on_end,
@@ -182,7 +197,12 @@ def run(
             "gpm_usage_history": None if gpm is None else gpm.usage_history,
             # the monitor in the strategy: a resumed strategy holds the one its checkpoint saved
             "diverged_experiences": next(p for p in strategy.plugins if isinstance(p, DivergenceMonitor)).diverged,
-            "environment": {"device": str(torch_device), "packages": package_versions(), "git_commit": commit},
+            "environment": {
+                "device": str(torch_device),
+                "packages": package_versions(),
+                "git_commit": commit,
+                "source_sha256": source,
+            },
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if DistributedHelper.is_main_process:
@@ -316,7 +336,9 @@ def _train_and_evaluate(
     return done
 
 
-def save_strategy_checkpoint(path: Path, config: dict[str, Any], done: RunProgress, strategy: SupervisedTemplate) -> None:
+def save_strategy_checkpoint(
+    path: Path, config: dict[str, Any], done: RunProgress, strategy: SupervisedTemplate
+) -> None:
     """Checkpoint after a finished experience: the whole strategy (model, optimizer, plugins with
     their memories and buffers, clock), the random generators, and the progress so far."""
     register_optimizer_pickling()

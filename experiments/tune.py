@@ -16,11 +16,14 @@ rank every point in the folder by validation ACC.
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import os
 import re
+import typing
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.records import read_record
 from experiments.runner import run
-from experiments.strategies import build_strategy
+from experiments.strategies import STRATEGIES, build_strategy
 from experiments.tables import divergence_note, markdown_table, summarise, write_csv
 
 #: Options of one grid point, by name.
@@ -96,9 +99,19 @@ def check_points(strategy: str, hyperparams: Hyperparams, model: torch.nn.Module
     """Build the strategy once per point before any training, so a misspelt option or a combination
     the strategy refuses fails in seconds, not hours into the grid.
 
-    :raises ValueError: naming the point and the strategy's complaint.
+    :raises ValueError: naming the point and the strategy's complaint, or a value whose kind
+        differs from the preset's (a word where the preset has a number: Python would often
+        multiply or compare it without complaint).
     """
+    preset, annotated = hyperparams.options(strategy), _number_options(strategy)
     for point in points:
+        for name, value in point.items():
+            if (name in annotated or _is_number(preset.get(name))) and not _is_number(value):
+                raise ValueError(
+                    f"--grid {name}={value}: {strategy}'s {name} is a number"
+                    + (f" (the preset has {preset[name]!r})" if name in preset else "")
+                    + "; give numbers, e.g. --grid ewc_lambda=10,100"
+                )
         try:
             build_strategy(
                 strategy,
@@ -112,6 +125,25 @@ def check_points(strategy: str, hyperparams: Hyperparams, model: torch.nn.Module
                 f"strategy {strategy!r} does not accept the options {point_label(point)} "
                 f"({error or type(error).__name__}); check the names and values against its constructor"
             ) from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _number_options(strategy: str) -> set[str]:
+    """The constructor options of ``strategy`` annotated as a number (``float``, ``Optional[int]``, ...)."""
+    constructor = STRATEGIES[strategy]
+    try:
+        hints = typing.get_type_hints(constructor.__init__ if inspect.isclass(constructor) else constructor)
+    except (NameError, TypeError):  # annotations that do not resolve: rely on the preset's values
+        return set()
+    numbers = {int, float}
+    return {
+        name
+        for name, hint in hints.items()
+        if (kinds := set(typing.get_args(hint) or (hint,)) - {type(None)}) and kinds <= numbers
+    }
 
 
 def tune(

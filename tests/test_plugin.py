@@ -183,7 +183,7 @@ def test_state_dict_round_trip_restores_bases_and_counters():
         resumed.train(benchmark.train_stream[1])
 
 
-@pytest.mark.parametrize("threshold", [0.0, -0.1, 1.01, float("nan"), "0.9", [0.9, 1.2]])
+@pytest.mark.parametrize("threshold", [0.0, -0.1, 1.01, float("nan"), "0.9", [0.9, 1.2], True, [0.9, True]])
 def test_threshold_outside_unit_interval_is_rejected(threshold):
     with pytest.raises(ValueError, match="must be a number in \\(0, 1\\]"):
         GPMPlugin(threshold)
@@ -203,6 +203,26 @@ def test_per_layer_settings_that_do_not_fit_the_model_fail_before_training(optio
     with pytest.raises(ValueError, match=message):
         train_one(model, **options)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items()), "nothing trained"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"projection_form": "bogus"}, r"GPM's projection_form must be None .* got 'bogus'"),
+        ({"projection_form": "complement", "sgp_alpha": 10.0}, r"SGP's projection_form must be None .*\('dense', 'basis'\)"),
+        ({"capture_batch_size": -1}, "capture_batch_size is -1; it must be a positive integer"),
+        ({"capture_batch_size": 2.5}, "capture_batch_size is 2.5"),
+    ],
+)
+def test_options_that_would_fail_after_the_first_experience_fail_at_construction(options, message):
+    with pytest.raises(ValueError, match=message):
+        GPMPlugin(**options)
+
+
+def test_more_capture_samples_than_the_experience_has_warn():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.warns(UserWarning, match="asks for 500 samples but experience 0 has 60: its representation uses all"):
+        train_one(model, num_samples=500)
 
 
 def train_one(model, optimizer=None, **kwargs):

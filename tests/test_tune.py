@@ -90,6 +90,11 @@ def test_tune_refuses_bad_options_before_training(blobs, tmp_path):
         tune(blobs, "ewc", [{"ewc_lambda": 1.0}, {"ewc_lamda": 1}], [1], tmp_path, progress=False)
     with pytest.raises(ValueError, match="decay_factor"):
         tune(blobs, "ewc", [{"mode": "online"}], [1], tmp_path, progress=False)
+    # A word where the strategy takes a number (EWC would use it without complaint until it multiplies).
+    with pytest.raises(ValueError, match=r"--grid ewc_lambda=abc: ewc's ewc_lambda is a number"):
+        tune(blobs, "ewc", [{"ewc_lambda": 1.0}, {"ewc_lambda": "abc"}], [1], tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"--grid decay_factor=fast: ewc's decay_factor is a number"):
+        tune(blobs, "ewc", [{"mode": "online", "decay_factor": "fast"}], [1], tmp_path, progress=False)
     assert not list(tmp_path.iterdir()), "nothing may run when one point is invalid"
 
 
