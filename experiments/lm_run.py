@@ -27,7 +27,7 @@ from experiments.lm_models import ALIASES, CachedModelLoader
 from experiments.lm_report import write_lm_report
 from experiments.lm_runner import LMSettings, run_lm
 from experiments.cli_errors import exit_on_user_error
-from experiments.cli_types import comma_list, positive_float, positive_int
+from experiments.cli_types import comma_list, device_name, positive_float, positive_int, random_seed
 
 #: Preset order of each benchmark when neither --order nor --tasks is given.
 DEFAULT_ORDER = {"superni": 1, "long_sequence": 3}
@@ -177,14 +177,14 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
         default=list(METHODS),
         help=f"comma-separated, from {', '.join(METHODS)} (default all)",
     )
-    runs.add_argument("--seeds", type=comma_list(int), nargs="+", default=[[0]], help="'0 1 2' or 0,1,2 (default 0)")
+    runs.add_argument("--seeds", type=comma_list(random_seed), nargs="+", default=[[0]], help="'0 1 2' or 0,1,2 (default 0)")
     runs.add_argument(
         "--model",
         default="smollm2-135m-instruct",
         help=f"Hugging Face name or folder, or an offline alias: {', '.join(ALIASES)} (default; `make lm-setup`)",
     )
     runs.add_argument("--out", help="output folder (default results/lm/<benchmark>_order<N> or <benchmark>_custom)")
-    runs.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    runs.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda (default cpu)")
     runs.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
     runs.add_argument("--verbose", action="store_true", help="Avalanche's per-epoch progress and metrics too")
     runs.add_argument(

@@ -49,6 +49,7 @@ from avalanche_gainlora.generation_metrics import generation_metrics
 from avalanche_gainlora.plugins import GainLoRAPlugin
 from avalanche_gainlora.strategy import LanguageModelStrategy
 from experiments.checkpoints import checkpoint_path
+from experiments.devices import resolve_device
 from experiments.evaluation import experience_row
 from experiments.instruction import InstructionTask
 from experiments.lm_checkpoints import RunProgress, resume_run, save_run_checkpoint
@@ -241,7 +242,8 @@ def run_lm(
         model_factory = functools.partial(load_model_and_tokenizer, model_name, device=device)
     world_size = DistributedHelper.world_size if DistributedHelper.is_distributed else 1
 
-    check_output_folder(out_dir)  # a bad --out found now, not after the training
+    check_output_folder(out_dir)  # a bad --out or --device found now, not after the training
+    torch_device = resolve_device(device)
     # Held until the record is written: a second process on the same record stops at once.
     with record_lock(path, enabled=DistributedHelper.is_main_process):
         if path.exists() and not force:
@@ -257,7 +259,6 @@ def run_lm(
         commit = process_commit(LM_CODE_DIRS)  # the code that runs, even if the checkout moves on
         source = source_fingerprint(LM_CODE_DIRS)
         model, tokenizer = model_factory()
-        torch_device = torch.device(device)
         model.to(torch_device)
         config = run_config(method, seed, tasks, model_name, settings, is_encoder_decoder(model), data, world_size)
         if world_size > 1:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from avalanche_gpm.distributed import DistributedHelper, shutdown_distributed
 from experiments.benchmarks import BENCHMARKS
 from experiments.cli_errors import exit_on_user_error
-from experiments.cli_types import add_run_arguments, comma_list, run_keywords, strategy_name
+from experiments.cli_types import add_run_arguments, comma_list, random_seed, run_keywords, strategy_name
 from experiments.report import write_report
 from experiments.runner import run
 from experiments.strategies import STRATEGIES
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, from: {', '.join(sorted(STRATEGIES))} (default {DEMO_STRATEGIES})",
     )
     parser.add_argument(
-        "--seeds", type=comma_list(int), nargs="+", default=[[0]], help="seeds, e.g. '0 1 2' or 0,1,2 (default 0)"
+        "--seeds", type=comma_list(random_seed), nargs="+", default=[[0]], help="seeds, e.g. '0 1 2' or 0,1,2 (default 0)"
     )
     parser.add_argument("--out", help="output folder (default results/<benchmark>)")
     add_run_arguments(parser)

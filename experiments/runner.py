@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import dill
-import torch
 from avalanche.benchmarks.scenarios import CLScenario, CLStream
 from avalanche.training import JointTraining
 from avalanche.training.determinism.rng_manager import RNGManager
@@ -32,6 +31,7 @@ from avalanche_gpm.checkpoint import register_optimizer_pickling
 from avalanche_gpm.distributed import DistributedHelper, distributed_accuracy_row, unwrap_from_ddp, wrap_for_ddp
 from experiments.benchmarks import get_benchmark
 from experiments.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
+from experiments.devices import resolve_device
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
 from experiments.metrics import acc_bwt
@@ -129,7 +129,8 @@ def run(
         _check_distributed(strategy_name, hyperparams, world_size)
         config["world_size"] = world_size  # batch_size stays the global batch
     path = result_path(out_dir, record_name or strategy_name, seed)
-    check_output_folder(out_dir)  # a bad --out found now, not after the training
+    check_output_folder(out_dir)  # a bad --out or --device found now, not after the training
+    torch_device = resolve_device(device)
     # Held until the record is written: a second process on the same record stops at once.
     with record_lock(path, enabled=DistributedHelper.is_main_process):
         if path.exists() and not force:
@@ -147,7 +148,6 @@ def run(
             if not 1 <= num_tasks <= len(train_stream):
                 raise ValueError(f"num_tasks must be in 1..{len(train_stream)} for {benchmark_name}, got {num_tasks}")
             train_stream, evaluated = train_stream[:num_tasks], evaluated[:num_tasks]
-        torch_device = torch.device(device)
         strategy = build_strategy(
             strategy_name,
             model=spec.model(),

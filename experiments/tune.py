@@ -31,7 +31,7 @@ import torch
 
 from experiments.benchmarks import BENCHMARKS, get_benchmark
 from experiments.cli_errors import exit_on_user_error
-from experiments.cli_types import add_run_arguments, comma_list, run_keywords, strategy_name
+from experiments.cli_types import add_run_arguments, comma_list, random_seed, run_keywords, strategy_name
 from experiments.configs import differing_fields
 from experiments.evaluation import quiet_evaluator
 from experiments.hyperparams import Hyperparams
@@ -281,7 +281,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "combination runs; one value fixes an option)",
     )
     parser.add_argument(
-        "--seeds", type=comma_list(int), nargs="+", default=[[1]], help="(default 1: seed 0 is kept for the test runs)"
+        "--seeds", type=comma_list(random_seed), nargs="+", default=[[1]], help="(default 1: seed 0 is kept for the test runs)"
     )
     parser.add_argument("--out", required=True, help="folder of the records and the ranking")
     add_run_arguments(parser)

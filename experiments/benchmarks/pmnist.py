@@ -45,6 +45,7 @@ def load_mnist(data_root: str | Path, *, download: bool = False, dataset_class: 
     :param dataset_class: the torchvision class, ``MNIST`` or a subclass such as ``FashionMNIST``.
     :return: ``(N, 1, 28, 28)`` images with labels 0..9.
     :raises FileNotFoundError: when files are missing and ``download`` is false.
+    :raises ValueError: when a file is truncated or corrupt.
     """
     name = dataset_class.__name__
     if not download:
@@ -53,8 +54,14 @@ def load_mnist(data_root: str | Path, *, download: bool = False, dataset_class: 
             f"<data_root>/{name}/raw/{{{','.join(_IDX_FILES)}}} (torchvision's {name} layout)",
             downloadable=True,
         )
-    train = dataset_class(root=str(data_root), train=True, download=download)
-    test = dataset_class(root=str(data_root), train=False)
+    try:
+        train = dataset_class(root=str(data_root), train=True, download=download)
+        test = dataset_class(root=str(data_root), train=False)
+    except RuntimeError as error:  # torchvision's parser on a file of the wrong size
+        raise ValueError(
+            f"the {name} files under {Path(data_root) / name / 'raw'} are truncated or corrupt ({error}); "
+            "replace them (or delete them and pass --download)"
+        ) from None
     return RawImages(
         train_x=train.data.unsqueeze(1),
         train_y=train.targets,

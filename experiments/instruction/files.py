@@ -53,8 +53,11 @@ def read_task_file(path: Path) -> TaskFile:
     :return: the definition and the ``(input, references)`` pairs, texts unchanged (no stripping).
     :raises ValueError: when the file does not follow the layout above.
     """
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a JSON task file ({error}); restore it from the benchmark's copy") from None
     if not isinstance(data, dict) or "Definition" not in data or not isinstance(data.get("Instances"), list):
         raise ValueError(f"{path}: expected a JSON object with 'Definition' and an 'Instances' list")
     instances = []
