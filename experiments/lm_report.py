@@ -159,6 +159,7 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
             xlabel="test prompts of task",
             ylabel="gate (branch) of task",
             tick_labels=tasks,
+            grey_untrained=False,
         )
         openings = {name: gate_opening(groups[name], len(tasks)) for name in gated}
         if any(v is not None for sides in openings.values() for v in sides["gate_end"]):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from experiments.tables import StrategySummary
 
@@ -37,9 +39,13 @@ def plot_accuracy_matrices(matrices: Mapping[str, np.ndarray], path: str | os.Pa
     plot_heatmaps(matrices, path)
 
 
-def plot_heatmaps(
+def plot_heatmaps(matrices: Mapping[str, np.ndarray], path: str | os.PathLike, **options: Any) -> None:
+    """Save :func:`heatmap_figure` of ``matrices`` (with its keyword ``options``) as a PNG at ``path``."""
+    _save(heatmap_figure(matrices, **options), path)
+
+
+def heatmap_figure(
     matrices: Mapping[str, np.ndarray],
-    path: str | os.PathLike,
     *,
     vmax: float = 1.0,
     annotation_scale: float = 100.0,
@@ -48,13 +54,14 @@ def plot_heatmaps(
     xlabel: str = "evaluated task",
     ylabel: str = "trained up to task",
     tick_labels: Sequence[str] | None = None,
-) -> None:
+    grey_untrained: bool = True,
+) -> Figure:
     """One annotated heat map per entry (values in ``[0, vmax]``); a single row for joint runs.
 
-    NaN entries (not evaluated) stay blank.
+    NaN entries (not evaluated) stay blank. In a ``T x T`` matrix of sequential training the cells
+    above the diagonal (tasks not trained yet) are greyed, so the eye reads the learned part.
 
     :param matrices: a matrix by panel title.
-    :param path: the PNG file.
     :param vmax: top of the colour scale (its bottom is 0).
     :param annotation_scale: factor of the printed values (100: fractions shown as percent).
     :param annotation_format: format of the printed values.
@@ -62,33 +69,44 @@ def plot_heatmaps(
     :param xlabel: label of the columns.
     :param ylabel: label of the rows (of a ``T x T`` matrix).
     :param tick_labels: names of the tasks, for both axes; default their indices.
+    :param grey_untrained: grey the cells above the diagonal (False for matrices without a
+        training order, e.g. gates by test prompts).
     """
-    figure = Figure(figsize=(_PANEL * len(matrices), _PANEL))
+    names = list(tick_labels) if tick_labels is not None else None
+    # Room for the row labels of the first panel only (the others share them).
+    label_room = 0.0 if names is None else 0.07 * max(len(name) for name in names)
+    figure = Figure(figsize=(_PANEL * len(matrices) + label_room, _PANEL), layout="constrained")
     axes = figure.subplots(1, len(matrices), squeeze=False)[0]
-    for ax, (strategy, matrix) in zip(axes, matrices.items()):
+    for index, (ax, (strategy, matrix)) in enumerate(zip(axes, matrices.items())):
         image = ax.imshow(matrix, vmin=0.0, vmax=vmax, cmap="viridis")
         rows, cols = matrix.shape
+        sequential = grey_untrained and not _is_joint(matrix) and rows == cols
         for t in range(rows):
             for j in range(cols):
                 if np.isnan(matrix[t, j]):
                     continue
+                text = format(annotation_scale * matrix[t, j], annotation_format)
+                if sequential and j > t:
+                    ax.add_patch(Rectangle((j - 0.5, t - 0.5), 1, 1, facecolor="#e6e6e6", edgecolor="none"))
+                    ax.text(j, t, text, ha="center", va="center", fontsize=7, color="#8c8c8c")
+                    continue
                 # Dark text on the bright (high-accuracy) end of viridis, light text elsewhere.
                 colour = "black" if matrix[t, j] > 0.6 * vmax else "white"
-                text = format(annotation_scale * matrix[t, j], annotation_format)
                 ax.text(j, t, text, ha="center", va="center", fontsize=7, color=colour)
-        names = list(tick_labels) if tick_labels is not None else None
         rotation = {"rotation": 45, "ha": "right"} if names is not None else {}
         ax.set_xticks(range(cols), names[:cols] if names is not None else None, **rotation)
         ax.set_xlabel(xlabel)
         if _is_joint(matrix):
             ax.set_yticks([0], ["all"])
             ax.set_ylabel("trained jointly on")
-        else:
+        elif index == 0 or names is None:
             ax.set_yticks(range(rows), names[:rows] if names is not None else None)
             ax.set_ylabel(ylabel)
+        else:
+            ax.set_yticks(range(rows), [""] * rows)
         ax.set_title(strategy)
     figure.colorbar(image, ax=list(axes), shrink=0.8, label=colorbar_label)
-    _save(figure, path)
+    return figure
 
 
 def plot_task_curves(matrices: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
