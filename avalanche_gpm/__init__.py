@@ -7,9 +7,16 @@ Layout: :mod:`~avalanche_gpm.subspace` and :mod:`~avalanche_gpm.projection` hold
 paper's networks.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from avalanche_gpm.memory import GradientProjectionMemory, LayerMemoryUsage
 from avalanche_gpm.plugin import GPMPlugin
 from avalanche_gpm.settings import LinearSchedule
 from avalanche_gpm.strategy import GPM
 
-__all__ = ["GPM", "GPMPlugin", "GradientProjectionMemory", "LayerMemoryUsage", "LinearSchedule"]
+try:
+    __version__ = version("avalanche-gpm-gainlora")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"
+
+__all__ = ["GPM", "GPMPlugin", "GradientProjectionMemory", "LayerMemoryUsage", "LinearSchedule", "__version__"]

@@ -268,3 +268,15 @@ def test_reachable_energy_is_the_share_of_the_trace_in_the_row_space_of_a():
     down = design_down_projection(c, None, 2)  # the two strongest directions, scaled
     assert reachable_energy(down, c) == pytest.approx(8.0 / 10.0)
     assert reachable_energy(u[:, 4:].T.float(), c) == pytest.approx(0.0, abs=1e-12)  # directions the data lacks
+
+
+def test_the_packages_export_their_public_names_and_version():
+    import avalanche_gainlora
+    import avalanche_gpm
+
+    for package in (avalanche_gainlora, avalanche_gpm):
+        assert all(hasattr(package, name) for name in package.__all__)
+        assert package.__version__ not in ("", None)
+    from avalanche_gainlora.plugins.inflora import InfLoRAPlugin
+
+    assert avalanche_gainlora.InfLoRAPlugin is InfLoRAPlugin
