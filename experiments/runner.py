@@ -3,8 +3,10 @@
 The ``joint`` strategy (the multitask upper bound) instead trains once on all experiences; its
 record holds a single row of final accuracies, and no BWT.
 
-Records are named ``<strategy>_seed<seed>.json``; a run whose record exists is skipped (and its
-record returned), so an interrupted sweep resumes where it stopped.
+Records are named ``<strategy>_seed<seed>.json`` (see :mod:`experiments.records`); a run whose
+record exists is skipped (and its record returned), so an interrupted sweep goes on where it
+stopped. Within a run, a checkpoint after every experience (the whole strategy, see
+:func:`save_strategy_checkpoint`) lets a killed run resume after its last finished experience.
 """
 
 from __future__ import annotations
