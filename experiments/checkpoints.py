@@ -1,21 +1,19 @@
 """Per-experience checkpoints of the runners: where they live, how they are written and read back.
 
-A checkpoint is a dict saved with ``torch.save`` next to the run's record, in
-``<out>/checkpoints/<name>_seed<seed>.pt`` (ignored by git). It carries the run's configuration,
-and a checkpoint of another configuration is refused, naming the fields that differ. What else
-it holds is the runner's business: :mod:`experiments.lm_checkpoints` saves the LoRA plugins'
-states, :mod:`experiments.runner` the whole Avalanche strategy (pickled with dill).
+A checkpoint is a dict saved next to the run's record, in ``<out>/checkpoints/<name>_seed<seed>.pt``
+(ignored by git). It carries the run's configuration, and a checkpoint of another configuration
+is refused, naming the fields that differ. What else it holds, and how it is pickled, is the
+runner's business: :mod:`experiments.lm_checkpoints` saves the LoRA plugins' states with
+``torch.save``, :mod:`experiments.image_checkpoints` the whole Avalanche strategy with dill.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -27,31 +25,46 @@ def checkpoint_path(out_dir: str | os.PathLike, name: str, seed: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"{name}_seed{seed}.pt"
 
 
+def _torch_dump(state: Any, file: BinaryIO) -> None:
+    torch.save(state, file)
+
+
+def _torch_load(file: BinaryIO) -> Any:
+    return torch.load(file, weights_only=False)
+
+
 def write_checkpoint(
-    path: Path, config: Mapping[str, Any], state: Mapping[str, Any], *, pickle_module: ModuleType = pickle
+    path: Path,
+    config: Mapping[str, Any],
+    state: Mapping[str, Any],
+    *,
+    dump: Callable[[Any, BinaryIO], None] = _torch_dump,
 ) -> None:
     """Save ``state`` with the run's ``config``, through a temporary file of this process.
 
-    :param pickle_module: ``pickle`` for tensors and plain data, ``dill`` for whole strategies.
+    :param dump: writes the checkpoint dict to an open binary file (default ``torch.save``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    torch.save({"config": json.loads(json.dumps(config)), **state}, partial, pickle_module=pickle_module)
+    with open(partial, "wb") as file:
+        dump({"config": json.loads(json.dumps(config)), **state}, file)
     os.replace(partial, path)
 
 
 def read_checkpoint(
-    path: Path, config: Mapping[str, Any], *, pickle_module: ModuleType = pickle
+    path: Path, config: Mapping[str, Any], *, load: Callable[[BinaryIO], Any] = _torch_load
 ) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (None when there is none), which must have been made with ``config``.
 
+    :param load: reads what ``write_checkpoint``'s ``dump`` wrote (default ``torch.load``).
     :raises ValueError: for an unreadable checkpoint or one of another configuration; rerunning
         with ``--force`` starts afresh.
     """
     if not path.exists():
         return None
     try:
-        state = torch.load(path, weights_only=False, pickle_module=pickle_module)
+        with open(path, "rb") as file:
+            state = load(file)
     except Exception as error:  # a truncated or foreign file: say which and what to do
         raise ValueError(f"{path} is not a readable checkpoint ({error}); delete it or pass --force") from None
     expected = json.loads(json.dumps(config))

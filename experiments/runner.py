@@ -6,22 +6,18 @@ record holds a single row of final accuracies, and no BWT.
 Records are named ``<strategy>_seed<seed>.json`` (see :mod:`experiments.records`); a run whose
 record exists is skipped (and its record returned), so an interrupted sweep goes on where it
 stopped. Within a run, a checkpoint after every experience (the whole strategy, see
-:func:`save_strategy_checkpoint`) lets a killed run resume after its last finished experience.
+:mod:`experiments.image_checkpoints`) lets a killed run resume after its last finished experience.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
 import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import dill
 from avalanche.benchmarks.scenarios import CLScenario, CLStream
 from avalanche.training import JointTraining
 from avalanche.training.determinism.rng_manager import RNGManager
@@ -29,13 +25,13 @@ from avalanche.training.plugins import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
-from avalanche_gpm.checkpoint import register_optimizer_pickling
 from avalanche_gpm.distributed import DistributedHelper, distributed_accuracy_row, unwrap_from_ddp, wrap_for_ddp
 from experiments.benchmarks import get_benchmark
-from experiments.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
+from experiments.checkpoints import checkpoint_path
 from experiments.devices import resolve_device
 from experiments.evaluation import accuracy_row, quiet_evaluator
 from experiments.hyperparams import Hyperparams
+from experiments.image_checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
 from experiments.metrics import acc_bwt
 from experiments.plugins import DivergenceMonitor, EpochProgress, ValidationLRSchedule
 from experiments.provenance import (
@@ -170,13 +166,16 @@ def run(
         checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if resumable else None
         if checkpoint is not None and force:
             checkpoint.unlink(missing_ok=True)
-        resumed = resume_strategy(checkpoint, config, strategy) if checkpoint is not None else None
+        shared = data_tensors(benchmark) if checkpoint is not None else []  # the data, as built
+        resumed = resume_strategy(checkpoint, config, strategy, shared) if checkpoint is not None else None
         resumed_after = None if resumed is None else len(resumed.matrix)
 
         reset_cuda_peak(torch_device)
-        on_end = (
-            None if checkpoint is None else functools.partial(save_strategy_checkpoint, checkpoint, config, strategy=strategy)
-        )
+        on_end = None
+        if checkpoint is not None:
+            on_end = functools.partial(
+                save_strategy_checkpoint, checkpoint, config, strategy=strategy, shared=shared
+            )
         done = _train_and_evaluate(
             strategy, train_stream, evaluated, f"{strategy_name} seed {seed}", progress, joint,
             resumed=resumed, on_experience_end=on_end,
@@ -272,20 +271,6 @@ def _check_distributed(strategy_name: str, hyperparams: Hyperparams, world_size:
         )
 
 
-@dataclasses.dataclass
-class RunProgress:
-    """What a run has produced so far: one accuracy row per finished experience, and its time.
-
-    :param matrix: the accuracy rows so far.
-    :param train_s: seconds spent in ``strategy.train``.
-    :param wall_s: seconds of the whole loop (training, evaluation, checkpoints).
-    """
-
-    matrix: list[list[float]] = dataclasses.field(default_factory=list)
-    train_s: float = 0.0
-    wall_s: float = 0.0
-
-
 def _train_and_evaluate(
     strategy: SupervisedTemplate,
     train_stream: CLStream,
@@ -336,33 +321,3 @@ def _train_and_evaluate(
     strategy.plugins.remove(epochs)
     done.wall_s = time.perf_counter() - start
     return done
-
-
-def save_strategy_checkpoint(
-    path: Path, config: dict[str, Any], done: RunProgress, strategy: SupervisedTemplate
-) -> None:
-    """Checkpoint after a finished experience: the whole strategy (model, optimizer, plugins with
-    their memories and buffers, clock), the random generators, and the progress so far."""
-    register_optimizer_pickling()
-    saved = copy.copy(strategy)
-    for attribute in _TRANSIENT_ATTRIBUTES:  # the last experience's data: rebuilt by the next train()
-        setattr(saved, attribute, None)
-    state = {"strategy": saved, "rng": RNGManager.__getstate__(), "progress": dataclasses.asdict(done)}
-    write_checkpoint(path, config, state, pickle_module=dill)
-
-
-def resume_strategy(path: Path, config: dict[str, Any], strategy: SupervisedTemplate) -> RunProgress | None:
-    """Load a checkpoint into a freshly built strategy and the random generators; None when there is none.
-
-    :raises ValueError: for an unreadable checkpoint or one of another configuration.
-    """
-    state = read_checkpoint(path, config, pickle_module=dill)
-    if state is None:
-        return None
-    strategy.__dict__.update(state["strategy"].__dict__)  # as avalanche.checkpointing does
-    RNGManager.__setstate__(state["rng"])
-    return RunProgress(**state["progress"])
-
-
-#: Strategy attributes that hold the last experience's data and batches, not state.
-_TRANSIENT_ATTRIBUTES = ("experience", "adapted_dataset", "dataloader", "mbatch", "mb_output", "loss")

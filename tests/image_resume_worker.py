@@ -18,8 +18,8 @@ def main(strategy: str, out_dir: str, pause_file: str | None = None) -> None:
     if pause_file is not None:
         save = runner.save_strategy_checkpoint
 
-        def save_then_wait(path, config, done, strategy):
-            save(path, config, done, strategy)
+        def save_then_wait(path, config, done, strategy, shared):
+            save(path, config, done, strategy, shared)
             if len(done.matrix) == 1:
                 Path(pause_file).write_text("checkpoint after experience 1 saved")
                 time.sleep(600)  # the test kills the process here

@@ -12,9 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from avalanche.training import Naive
+from torch import nn
 
 from experiments.checkpoints import checkpoint_path
-from experiments.runner import resume_strategy
+from experiments import runner
+from experiments.image_checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
+from tests.helpers import gaussian_tasks, quiet_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 #: record fields that depend on when and how long the run ran, not on what it computed
@@ -58,13 +63,32 @@ def test_a_run_killed_after_an_experience_resumes_to_the_uninterrupted_record(tm
 
 
 def test_a_truncated_checkpoint_or_one_of_another_run_is_refused(tmp_path):
+    benchmark = gaussian_tasks(1, (2,))
+    shared = data_tensors(benchmark)
+    model = nn.Linear(2, 3)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), evaluator=quiet_evaluator())
     path = tmp_path / "checkpoints" / "gpm_seed0.pt"
-    path.parent.mkdir()
-    path.write_bytes(b"\x80\x04truncated")
-    with pytest.raises(ValueError, match=r"gpm_seed0.pt is not a readable checkpoint .*delete it or pass --force"):
-        resume_strategy(path, {"seed": 0}, strategy=None)
-    from experiments.checkpoints import write_checkpoint
-
-    write_checkpoint(path, {"seed": 0, "hyperparams": {"lr": 0.1}}, {})
+    save_strategy_checkpoint(path, {"seed": 0, "hyperparams": {"lr": 0.1}}, RunProgress(), strategy, shared)
     with pytest.raises(ValueError, match=r"another configuration \(differing: hyperparams.lr\)"):
-        resume_strategy(path, {"seed": 0, "hyperparams": {"lr": 0.01}}, strategy=None)
+        resume_strategy(path, {"seed": 0, "hyperparams": {"lr": 0.01}}, strategy, shared)
+    path.write_bytes(path.read_bytes()[:200])  # a write cut short
+    with pytest.raises(ValueError, match=r"gpm_seed0.pt is not a readable checkpoint .*delete it or pass --force"):
+        resume_strategy(path, {"seed": 0, "hyperparams": {"lr": 0.1}}, strategy, shared)
+
+
+def test_checkpoints_refer_to_the_benchmark_data_instead_of_copying_it(tmp_path, monkeypatch):
+    # A replay buffer is a subset of every past experience's dataset: pickled as it is, each
+    # checkpoint would hold all the data seen so far.
+    sizes, data_bytes = [], []
+    save = runner.save_strategy_checkpoint
+
+    def save_and_measure(path, config, done, strategy, shared):
+        save(path, config, done, strategy, shared)
+        sizes.append(path.stat().st_size)
+        data_bytes.append(sum(t.numel() * t.element_size() for t in shared))
+
+    monkeypatch.setattr(runner, "save_strategy_checkpoint", save_and_measure)
+    monkeypatch.setattr(runner, "process_commit", lambda *args: "test-commit")
+    runner.run("permuted_digits", "replay", 0, tmp_path, num_tasks=2, progress=False)
+    assert len(sizes) == 2 and data_bytes[0] > 2_000_000
+    assert max(sizes) < data_bytes[0] / 10, (sizes, data_bytes[0])
