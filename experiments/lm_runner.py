@@ -66,9 +66,9 @@ from experiments.metrics import ap_ft
 from experiments.provenance import (
     cuda_peak_mib,
     max_rss_mib,
-    package_versions,
     process_commit,
     reset_cuda_peak,
+    run_environment,
     source_fingerprint,
 )
 from experiments.records import (
@@ -342,12 +342,7 @@ def run_lm(
             "task_times_s": timing["per_task"],
             "resumed_after_task": resumed_after,
             "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
-            "environment": {
-                "device": str(torch_device),
-                "packages": package_versions(LM_PACKAGES),
-                "git_commit": commit,
-                "source_sha256": source,
-            },
+            "environment": run_environment(torch_device, commit, source, LM_PACKAGES),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if DistributedHelper.is_main_process:

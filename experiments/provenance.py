@@ -88,6 +88,21 @@ def source_fingerprint(code_dirs: Sequence[str] = _CODE_DIRS) -> str:
     return digest.hexdigest()
 
 
+def run_environment(device: torch.device, commit: str | None, source: str, extra_packages: Sequence[str] = ()) -> dict:
+    """The ``environment`` field of a record: device, package versions and the code's provenance.
+
+    :param commit: :func:`process_commit` read when the run started.
+    :param source: :func:`source_fingerprint` read when the run started.
+    :param extra_packages: further distributions to report (see :func:`package_versions`).
+    """
+    return {
+        "device": str(device),
+        "packages": package_versions(extra_packages),
+        "git_commit": commit,
+        "source_sha256": source,
+    }
+
+
 def max_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB (covers earlier runs of a sweep too)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -37,9 +37,9 @@ from experiments.plugins import DivergenceMonitor, EpochProgress, ValidationLRSc
 from experiments.provenance import (
     cuda_peak_mib,
     max_rss_mib,
-    package_versions,
     process_commit,
     reset_cuda_peak,
+    run_environment,
     source_fingerprint,
 )
 from experiments.records import check_output_folder, existing_record, record_lock, result_path, write_atomically
@@ -198,12 +198,7 @@ def run(
             "gpm_usage_history": None if gpm is None else gpm.usage_history,
             # the monitor in the strategy: a resumed strategy holds the one its checkpoint saved
             "diverged_experiences": next(p for p in strategy.plugins if isinstance(p, DivergenceMonitor)).diverged,
-            "environment": {
-                "device": str(torch_device),
-                "packages": package_versions(),
-                "git_commit": commit,
-                "source_sha256": source,
-            },
+            "environment": run_environment(torch_device, commit, source),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if DistributedHelper.is_main_process:

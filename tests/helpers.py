@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +16,16 @@ from avalanche.benchmarks import tensors_benchmark
 
 from experiments.evaluation import accuracy_row, quiet_evaluator
 
-__all__ = ["accuracy_row", "experience_inputs", "free_port", "gaussian_tasks", "launch_ranks", "quiet_evaluator"]
+__all__ = [
+    "accuracy_row",
+    "experience_inputs",
+    "free_port",
+    "gaussian_tasks",
+    "kill_once_paused",
+    "launch_ranks",
+    "quiet_evaluator",
+    "without",
+]
 
 
 def gaussian_tasks(
@@ -45,6 +57,22 @@ def experience_inputs(experience) -> torch.Tensor:
     """All inputs of an experience's dataset, stacked in dataset order."""
     dataset = experience.dataset.eval()
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def kill_once_paused(victim: subprocess.Popen, pause_file: Path, timeout_s: float = 300) -> None:
+    """``kill -9`` a resume-test worker once it wrote ``pause_file`` (it has saved a checkpoint)."""
+    deadline = time.monotonic() + timeout_s
+    while not pause_file.exists():
+        assert victim.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, f"no checkpoint after {timeout_s:.0f} s"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+
+def without(record: dict, fields: set[str]) -> dict:
+    """``record`` without ``fields`` (e.g. the timings, which differ between equal runs)."""
+    return {key: value for key, value in record.items() if key not in fields}
 
 
 def free_port() -> int:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from torch import nn
 from experiments.checkpoints import checkpoint_path
 from experiments import runner
 from experiments.image_checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
-from tests.helpers import gaussian_tasks, quiet_evaluator
+from tests.helpers import gaussian_tasks, kill_once_paused, quiet_evaluator, without
 
 ROOT = Path(__file__).resolve().parents[1]
 #: record fields that depend on when and how long the run ran, not on what it computed
@@ -41,14 +39,7 @@ def _record(out: Path, strategy: str) -> dict:
 def test_a_run_killed_after_an_experience_resumes_to_the_uninterrupted_record(tmp_path, strategy):
     full, killed, pause = tmp_path / "full", tmp_path / "killed", tmp_path / "paused"
     reference = _worker(strategy, full)
-    victim = _worker(strategy, killed, pause)
-    deadline = time.monotonic() + 300
-    while not pause.exists():
-        assert victim.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_once_paused(_worker(strategy, killed, pause), pause)
     assert reference.wait() == 0
     assert not (killed / f"{strategy}_seed0.json").exists()
     assert checkpoint_path(killed, strategy, 0).exists()
@@ -56,9 +47,7 @@ def test_a_run_killed_after_an_experience_resumes_to_the_uninterrupted_record(tm
     assert _worker(strategy, killed).wait() == 0  # the same command again: resumes after experience 1
     resumed, uninterrupted = _record(killed, strategy), _record(full, strategy)
     assert resumed["resumed_after_experience"] == 1 and uninterrupted["resumed_after_experience"] is None
-    assert {k: v for k, v in resumed.items() if k not in TIMING} == {
-        k: v for k, v in uninterrupted.items() if k not in TIMING
-    }
+    assert without(resumed, TIMING) == without(uninterrupted, TIMING)
     assert not checkpoint_path(killed, strategy, 0).exists()  # removed once the record is written
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from experiments.checkpoints import checkpoint_path
+from tests.helpers import kill_once_paused, without
 
 ROOT = Path(__file__).resolve().parents[1]
 #: record fields that depend on when and how long the run ran, not on what it computed
@@ -33,14 +32,7 @@ def _record(out: Path, method: str) -> dict:
 def test_a_run_killed_after_a_task_resumes_to_the_uninterrupted_record(tmp_path, method):
     full, killed, pause = tmp_path / "full", tmp_path / "killed", tmp_path / "paused"
     reference = _worker(method, full)
-    victim = _worker(method, killed, pause)
-    deadline = time.monotonic() + 300
-    while not pause.exists():
-        assert victim.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_once_paused(_worker(method, killed, pause), pause)
     assert reference.wait() == 0
     assert not (killed / f"{method}_seed0.json").exists()
     assert torch.load(checkpoint_path(killed, method, 0), weights_only=False)["progress"]["losses"]
@@ -48,9 +40,7 @@ def test_a_run_killed_after_a_task_resumes_to_the_uninterrupted_record(tmp_path,
     assert _worker(method, killed).wait() == 0  # the same command again: resumes after task 1
     resumed, uninterrupted = _record(killed, method), _record(full, method)
     assert resumed["resumed_after_task"] == 1 and uninterrupted["resumed_after_task"] is None
-    assert {k: v for k, v in resumed.items() if k not in TIMING} == {
-        k: v for k, v in uninterrupted.items() if k not in TIMING
-    }
+    assert without(resumed, TIMING) == without(uninterrupted, TIMING)
     assert not checkpoint_path(killed, method, 0).exists()  # removed once the record is written
 
 
