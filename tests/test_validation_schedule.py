@@ -361,4 +361,6 @@ def test_runner_rejects_a_schedule_without_validation_stream(tmp_path):
     hp = BENCHMARKS["permuted_digits"].defaults.replace(epochs=1, lr_schedule=CIFAR100_SCHEDULE)
     with pytest.raises(ValueError, match="permuted_digits has none for 2 tasks"):
         run("permuted_digits", "naive", 0, tmp_path, hyperparams=hp, num_tasks=2, progress=False)
-    assert not list(tmp_path.iterdir())
+    # no record and no checkpoint; only the run's lock file (experiments.records) stays behind
+    left = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")]
+    assert left == ["checkpoints", "checkpoints/naive_seed0.lock"]
