@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import torch
 
 from experiments.configs import differing_fields
+from experiments.records import atomic_file
 
 
 def checkpoint_path(out_dir: str | os.PathLike, name: str, seed: int) -> Path:
@@ -40,15 +41,12 @@ def write_checkpoint(
     *,
     dump: Callable[[Any, BinaryIO], None] = _torch_dump,
 ) -> None:
-    """Save ``state`` with the run's ``config``, through a temporary file of this process.
+    """Save ``state`` with the run's ``config``, through :func:`~experiments.records.atomic_file`.
 
     :param dump: writes the checkpoint dict to an open binary file (default ``torch.save``).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as file:
+    with atomic_file(path, "wb") as file:
         dump({"config": json.loads(json.dumps(config)), **state}, file)
-    os.replace(partial, path)
 
 
 def read_checkpoint(

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import filelock
 
@@ -102,19 +102,30 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Write a run record as strict JSON through a temporary file of its own, creating the folder if needed."""
-    # An interrupted write must not leave a truncated record that later sweeps would skip.
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
+    """An open temporary file of its own beside ``path`` that replaces ``path`` when the block
+    ends, or is removed when the block raises; the folder is created if needed.
+
+    :param mode: ``"w"`` for text, ``"wb"`` for bytes.
+    """
+    # An interrupted write must not leave a truncated file that later runs would read.
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(json_safe(record), indent=2, allow_nan=False)
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, mode) as file:
+            yield file
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write a run record as strict JSON through :func:`atomic_file`."""
+    text = json.dumps(json_safe(record), indent=2, allow_nan=False)
+    with atomic_file(path) as file:
+        file.write(text)
 
 
 @contextlib.contextmanager
