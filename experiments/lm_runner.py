@@ -29,7 +29,6 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -63,14 +62,7 @@ from experiments.lm_methods import (
 )
 from experiments.lm_models import load_model_and_tokenizer
 from experiments.metrics import ap_ft
-from experiments.provenance import (
-    cuda_peak_mib,
-    max_rss_mib,
-    process_commit,
-    reset_cuda_peak,
-    run_environment,
-    source_fingerprint,
-)
+from experiments.provenance import process_commit, record_provenance, reset_cuda_peak, source_fingerprint
 from experiments.records import (
     check_output_folder,
     existing_record,
@@ -341,9 +333,7 @@ def run_lm(
             "eval_time_s": timing["eval_s"],
             "task_times_s": timing["per_task"],
             "resumed_after_task": resumed_after,
-            "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
-            "environment": run_environment(torch_device, commit, source, LM_PACKAGES),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **record_provenance(torch_device, commit, source, LM_PACKAGES),
         }
         if DistributedHelper.is_main_process:
             write_atomically(path, record)

@@ -9,8 +9,10 @@ import resource
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,18 +90,25 @@ def source_fingerprint(code_dirs: Sequence[str] = _CODE_DIRS) -> str:
     return digest.hexdigest()
 
 
-def run_environment(device: torch.device, commit: str | None, source: str, extra_packages: Sequence[str] = ()) -> dict:
-    """The ``environment`` field of a record: device, package versions and the code's provenance.
+def record_provenance(
+    device: torch.device, commit: str | None, source: str, extra_packages: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The fields every run record ends with: peak memory, the environment (device, package
+    versions, the code's commit and fingerprint) and the finishing time.
 
     :param commit: :func:`process_commit` read when the run started.
     :param source: :func:`source_fingerprint` read when the run started.
     :param extra_packages: further distributions to report (see :func:`package_versions`).
     """
     return {
-        "device": str(device),
-        "packages": package_versions(extra_packages),
-        "git_commit": commit,
-        "source_sha256": source,
+        "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(device)},
+        "environment": {
+            "device": str(device),
+            "packages": package_versions(extra_packages),
+            "git_commit": commit,
+            "source_sha256": source,
+        },
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -15,7 +15,6 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from avalanche.benchmarks.scenarios import CLScenario, CLStream
@@ -34,14 +33,7 @@ from experiments.hyperparams import Hyperparams
 from experiments.image_checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
 from experiments.metrics import acc_bwt
 from experiments.plugins import DivergenceMonitor, EpochProgress, ValidationLRSchedule
-from experiments.provenance import (
-    cuda_peak_mib,
-    max_rss_mib,
-    process_commit,
-    reset_cuda_peak,
-    run_environment,
-    source_fingerprint,
-)
+from experiments.provenance import process_commit, record_provenance, reset_cuda_peak, source_fingerprint
 from experiments.records import check_output_folder, existing_record, record_lock, result_path, write_atomically
 from experiments.strategies import STRATEGIES, build_strategy, check_strategy
 
@@ -194,12 +186,10 @@ def run(
             "wall_time_s": done.wall_s,
             "train_time_s": done.train_s,
             "resumed_after_experience": resumed_after,
-            "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(torch_device)},
             "gpm_usage_history": None if gpm is None else gpm.usage_history,
             # the monitor in the strategy: a resumed strategy holds the one its checkpoint saved
             "diverged_experiences": next(p for p in strategy.plugins if isinstance(p, DivergenceMonitor)).diverged,
-            "environment": run_environment(torch_device, commit, source),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **record_provenance(torch_device, commit, source),
         }
         if DistributedHelper.is_main_process:
             write_atomically(path, record)
