@@ -17,7 +17,13 @@ from avalanche_gpm.distributed import DistributedHelper, shard_count, sum_grams_
 from avalanche_gpm.memory import GradientProjectionMemory, check_memory_options
 from avalanche_gpm.projection import ProjectionForm
 from avalanche_gpm.selection import LayerSelection, select_layers
-from avalanche_gpm.settings import ThresholdSpec, check_threshold_spec, resolve_num_samples, resolve_thresholds
+from avalanche_gpm.settings import (
+    ThresholdSpec,
+    check_positive_int,
+    check_threshold_spec,
+    resolve_num_samples,
+    resolve_thresholds,
+)
 from avalanche_gpm.step_recorder import StepRecorder
 from avalanche_gpm.subspace import FirstTaskRule
 
@@ -92,13 +98,9 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         self.seed = seed
         self.sgp_alpha = sgp_alpha
         check_memory_options(first_task_rule, sgp_alpha, projection_form=projection_form)
-        if capture_batch_size is not None and (
-            isinstance(capture_batch_size, bool) or not isinstance(capture_batch_size, int) or capture_batch_size <= 0
-        ):
-            raise ValueError(
-                f"GPM capture_batch_size is {capture_batch_size!r}; it must be a positive integer, or None for "
-                "all samples in one batch (the paper's choice)"
-            )
+        if capture_batch_size is not None:
+            hint = ", or None for all samples in one batch (the paper's choice)"
+            check_positive_int(capture_batch_size, "GPM capture_batch_size", hint)
 
         self.memory: GradientProjectionMemory | None = None
         self.experiences_learned = 0

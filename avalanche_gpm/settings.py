@@ -101,10 +101,15 @@ def resolve_thresholds(spec: ThresholdSpec, task: int, layer_names: Sequence[str
     return per_layer(spec, layer_names, _check_value, "GPM threshold")
 
 
-def _check_sample_count(value: object, where: str) -> int:
+def check_positive_int(value: object, setting: str, hint: str = "") -> int:
+    """``value`` if it is an integer of at least 1 (``True`` is not), else a ValueError naming ``setting``."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"GPM num_samples{where} is {value!r}; it must be a positive integer")
+        raise ValueError(f"{setting} is {value!r}; it must be a positive integer{hint}")
     return value
+
+
+def _check_sample_count(value: object, where: str) -> int:
+    return check_positive_int(value, f"GPM num_samples{where}")
 
 
 def resolve_num_samples(spec: int | Sequence[int] | Mapping[str, int], layer_names: Sequence[str]) -> dict[str, int]:
