@@ -3,6 +3,7 @@ atomically under names of their own, strict JSON, and a broken record is named i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -11,6 +12,7 @@ from collections import namedtuple
 import pytest
 
 from experiments import records
+from experiments.benchmarks import BENCHMARKS
 from experiments.records import check_output_folder, read_record, record_lock, result_path, write_atomically
 from experiments.report import load_records
 from experiments.runner import run
@@ -35,14 +37,18 @@ def test_an_output_folder_on_a_full_disk_is_refused(tmp_path, monkeypatch):
 def test_a_run_into_a_bad_folder_fails_before_it_builds_anything(tmp_path, monkeypatch):
     file = tmp_path / "out"
     file.write_text("")
-    built = []
-    from experiments.benchmarks import get_benchmark
+    spec, built = BENCHMARKS["permuted_digits"], []
 
-    spec = get_benchmark("permuted_digits")
-    monkeypatch.setattr(type(spec), "build", lambda *args: built.append(args), raising=False)
+    def recording_build(*args):
+        built.append(args)
+        return spec.build(*args)
+
+    monkeypatch.setitem(BENCHMARKS, "permuted_digits", dataclasses.replace(spec, build=recording_build))
     with pytest.raises(ValueError, match="is a file"):
         run("permuted_digits", "naive", 0, file, num_tasks=1, progress=False)
     assert not built
+    run("permuted_digits", "naive", 0, tmp_path / "good", num_tasks=1, progress=False)
+    assert len(built) == 1  # the recording build is the one the runner calls
 
 
 def test_a_second_process_on_the_same_record_stops_at_once(tmp_path):
@@ -72,7 +78,7 @@ def test_records_are_strict_json_with_null_for_nan_and_infinity(tmp_path):
     assert json.loads(path.read_text(), parse_constant=pytest.fail) == {"config": {}, "acc": None, "rows": [[1.0, None], [None]]}
 
 
-def test_concurrent_writers_never_show_a_reader_half_a_record(tmp_path, monkeypatch):
+def test_concurrent_writers_never_show_a_reader_half_a_record(tmp_path):
     path = tmp_path / "r.json"
     big = {"config": {}, "rows": [[float(i)] * 50 for i in range(400)]}
     write_atomically(path, big)
