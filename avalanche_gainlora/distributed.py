@@ -9,13 +9,13 @@ memories' ``state_dict``), as :class:`~avalanche_gpm.plugin.GPMPlugin` does.
 
 What a script has to add (Avalanche 0.6.0 never wraps the model in DDP):
 
-* :class:`DistributedLoRAPlugin`, placed **after** the method plugins. The branch and gate of a
+* :class:`DistributedLoRAPlugin`, placed **after** the method plugin. The branch and gate of a
   task are created in ``before_training_exp``, so the model is re-wrapped at every task change: a
   DDP wrapper built before a new branch existed does not synchronise it (first step silently
   unsynchronised, then "Expected to have finished reduction"). The plugin wraps the bare model in
   ``before_training_exp`` (DDP broadcasts rank 0's parameters then) and unwraps it in
   ``after_training_exp``, so evaluation, generation and checkpoints see the bare model. It does
-  not remake the optimizer: the method plugins already did on the bare model, and DDP shares the
+  not remake the optimizer: the method plugin already did on the bare model, and DDP shares the
   parameters (remaking it on the wrapper would register every parameter a second time under its
   ``module.``-prefixed name).
 * Experiences with task labels (``instruction_benchmark`` gives them): only then does Avalanche
@@ -33,7 +33,7 @@ Launch one process per device (``torchrun --nproc_per_node=2 train.py``; note th
     strategy = LanguageModelStrategy(
         model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), tokenizer=tokenizer,
         train_mb_size=global_batch // world_size,
-        plugins=[InfLoRAPlugin(branches), GainLoRAPlugin(branches), DistributedLoRAPlugin()],
+        plugins=[GainLoRAPlugin(InfLoRAPlugin(branches)), DistributedLoRAPlugin()],
     )
     for experience in benchmark.train_stream:
         strategy.train(experience)
@@ -124,9 +124,9 @@ def broadcast_module_(module: nn.Module) -> nn.Module:
 
 
 class DistributedLoRAPlugin(SupervisedPlugin, supports_distributed=True):
-    """Wraps the model in DDP for each training experience, after the method plugins changed it.
+    """Wraps the model in DDP for each training experience, after the method plugin changed it.
 
-    Put it last among the method plugins (after ``InfLoRAPlugin``/``GainLoRAPlugin``). No-op when
+    Put it after the method plugin (e.g. ``GainLoRAPlugin(InfLoRAPlugin(branches))``). No-op when
     not distributed, so the same script runs in one process.
     """
 

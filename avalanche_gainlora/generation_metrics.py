@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from avalanche.distributed import DistributedHelper
@@ -16,8 +16,18 @@ from avalanche_gainlora import scoring
 from avalanche_gpm.distributed import all_reduce_sum
 from avalanche_gainlora.data import decode_references
 
-if TYPE_CHECKING:
-    from avalanche_gainlora.strategy import LanguageModelStrategy
+
+class GeneratingStrategy(Protocol):
+    """What the metric reads of a strategy: Avalanche's template state (mini-batch, clock,
+    experience) and greedy generation, as :class:`~avalanche_gainlora.strategy.LanguageModelStrategy`
+    has them. A protocol rather than that class, which builds its default evaluator from this module."""
+
+    mb_x: Any
+    mb_y: Any
+    clock: Any
+    experience: Any
+
+    def generate(self, inputs: Any) -> list[str]: ...
 
 Score = Callable[[str, str], float]
 
@@ -64,15 +74,15 @@ class GenerationScores(PluginMetric[dict[str, float]]):
         for mean in (*self._experience_means.values(), *self._stream_means.values()):
             mean.reset()
 
-    def before_eval(self, strategy: LanguageModelStrategy) -> MetricResult:
+    def before_eval(self, strategy: GeneratingStrategy) -> MetricResult:
         for mean in self._stream_means.values():
             mean.reset()
 
-    def before_eval_exp(self, strategy: LanguageModelStrategy) -> MetricResult:
+    def before_eval_exp(self, strategy: GeneratingStrategy) -> MetricResult:
         for mean in self._experience_means.values():
             mean.reset()
 
-    def after_eval_iteration(self, strategy: LanguageModelStrategy) -> MetricResult:
+    def after_eval_iteration(self, strategy: GeneratingStrategy) -> MetricResult:
         super().after_eval_iteration(strategy)
         predictions = strategy.generate(strategy.mb_x)
         references = decode_references(strategy.mb_y)
@@ -82,13 +92,13 @@ class GenerationScores(PluginMetric[dict[str, float]]):
                 if name in means:
                     means[name].update(sum(scores) / len(scores), len(scores))
 
-    def after_eval_exp(self, strategy: LanguageModelStrategy) -> MetricResult:
+    def after_eval_exp(self, strategy: GeneratingStrategy) -> MetricResult:
         return self._emit(strategy, self._experience_means, "Exp")
 
-    def after_eval(self, strategy: LanguageModelStrategy) -> MetricResult:
+    def after_eval(self, strategy: GeneratingStrategy) -> MetricResult:
         return self._emit(strategy, self._stream_means, "Stream")
 
-    def _emit(self, strategy: LanguageModelStrategy, means: Mapping[str, Mean], suffix: str) -> MetricResult:
+    def _emit(self, strategy: GeneratingStrategy, means: Mapping[str, Mean], suffix: str) -> MetricResult:
         return [
             MetricValue(
                 self,

@@ -289,7 +289,8 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         evaluator = getattr(strategy, "evaluator", None)
         if evaluator is None:
             return
-        step = self.experiences_learned - 1
+        # Against the training iteration, like Avalanche's own metrics, so loggers plot them on one axis.
+        step = strategy.clock.train_iterations
         for name, layer_usage in usage.items():
             evaluator.publish_metric_value(MetricValue(self, f"GPM/basis_size/{name}", layer_usage.basis_size, step))
             evaluator.publish_metric_value(MetricValue(self, f"GPM/memory_fraction/{name}", layer_usage.fraction, step))

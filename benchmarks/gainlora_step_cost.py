@@ -1,19 +1,19 @@
 """GainLoRA's training-step time and peak memory against one plain peft LoRA adapter, as tasks accumulate.
 
 For each model (a tiny 2-layer LLaMA built in code, and SmolLM2-135M-Instruct through the offline
-alias ``smollm2-135m-instruct`` of :mod:`experiments.lm_models`) and each number of branches N
+alias ``smollm2-135m-instruct`` of :mod:`gpm_gainlora_experiments.lm.models`) and each number of branches N
 (1, 5, 15), two copies of the same base model are trained on the same batch (8 sequences of 64
 random token ids, the first half labelled -100 as a prompt) with AdamW over ``model.parameters()``
 as Avalanche's ``make_optimizer`` does:
 
 * baseline: one peft LoRA adapter (``get_peft_model``, same rank 8, alpha 32, ``q_proj``/``v_proj``);
-* GainLoRA: N branches and N gates set up by the library's own plugins, ``BranchPlugin`` then
-  ``GainLoRAPlugin``, run over N tasks of random prompts (so the gate memory holds the bases of
-  N - 1 old tasks), with a stand-in for the strategy. The newest branch (``A`` and ``B``, as for
-  O-LoRA; O-LoRA's penalty is the base method's cost, not the gates', and is left out) and the
-  newest gate are trained, the older ones are frozen.
+* GainLoRA: N branches and N gates set up by the library's own plugin,
+  ``GainLoRAPlugin(OLoRAPlugin(...))``, run over N tasks of random prompts (so the gate memory
+  holds the bases of N - 1 old tasks), with a stand-in for the strategy. The newest branch (``A``
+  and ``B``, as for O-LoRA; O-LoRA's penalty, added in ``before_backward``, is the base method's
+  cost, not the gates', and is left out) and the newest gate are trained, the older ones are frozen.
 
-One iteration is what Avalanche's training loop does with these plugins: ``zero_grad``, forward
+One iteration is what Avalanche's training loop does with this plugin: ``zero_grad``, forward
 with labels (the router's pre-hook computes every gate's weight from the prompt), backward,
 ``GainLoRAPlugin.before_update`` (snapshot of the gate), the optimizer step, and
 ``GainLoRAPlugin.after_update`` (the new gate's update projected off the old gate-input bases).
@@ -66,9 +66,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.bases import official_threshold
-from avalanche_gainlora.plugins import BranchPlugin, GainLoRAPlugin
+from avalanche_gainlora.plugins import GainLoRAPlugin, OLoRAPlugin
 from avalanche_gainlora.routing import IGNORE_INDEX
-from experiments.lm_models import resolve_model
+from gpm_gainlora_experiments.lm.models import resolve_model
 from tests.lm_fixtures import tiny_llama  # the tests' 2-layer LLaMA, hidden size 32, 128 tokens
 
 TINY = "tiny_llama"
@@ -157,6 +157,7 @@ class _SetupStrategy:
 
     device: torch.device
     experience: _Experience
+    plugins: tuple[object, ...] = ()
 
     def make_optimizer(self) -> None:
         """The benchmark builds its optimizer once the branches exist."""
@@ -165,8 +166,8 @@ class _SetupStrategy:
 def gainlora_model(model: PreTrainedModel, branches: int, device: torch.device, seed: int = 0) -> GainLoRAPlugin:
     """Give ``model`` the branches and gates of ``branches`` tasks, set up as the plugins do in training.
 
-    ``BranchPlugin`` and ``GainLoRAPlugin`` run their ``before_training_exp`` hooks for every task and
-    their ``after_training_exp`` hooks for all but the last, so the newest branch and gate are the
+    ``GainLoRAPlugin(OLoRAPlugin(...))`` runs its ``before_training_exp`` hook for every task and its
+    ``after_training_exp`` hook for all but the last, so the newest branch and gate are the
     trainable ones and the gate memory holds the bases of the older tasks. Each task has its own
     random prompts.
 
@@ -177,17 +178,15 @@ def gainlora_model(model: PreTrainedModel, branches: int, device: torch.device, 
     :return: the GainLoRA plugin, whose ``before_update`` / ``after_update`` belong to every iteration.
     """
     lora = LoraBranches(model, target_modules=TARGET_MODULES, rank=RANK, alpha=ALPHA)
-    plugins = (BranchPlugin(lora), GainLoRAPlugin(lora, hidden=GATE_WIDTH, threshold=official_threshold(branches)))
+    gainlora = GainLoRAPlugin(OLoRAPlugin(lora), hidden=GATE_WIDTH, threshold=official_threshold(branches))
     generator = torch.Generator().manual_seed(seed)
     for task in range(branches):
         prompts = torch.randint(3, model.config.vocab_size, (TASK_PROMPTS, SEQUENCE // 2), generator=generator)
-        strategy = _SetupStrategy(device, _Experience(_PromptTask(prompts), task))
-        for plugin in plugins:
-            plugin.before_training_exp(strategy)
+        strategy = _SetupStrategy(device, _Experience(_PromptTask(prompts), task), plugins=(gainlora,))
+        gainlora.before_training_exp(strategy)
         if task < branches - 1:
-            for plugin in plugins:
-                plugin.after_training_exp(strategy)
-    return plugins[1]
+            gainlora.after_training_exp(strategy)
+    return gainlora
 
 
 def peft_model(model: PreTrainedModel) -> nn.Module:

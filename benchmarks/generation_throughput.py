@@ -52,7 +52,7 @@ from benchmarks.gainlora_step_cost import (
     tiny_llama,
     write_results,
 )
-from experiments.lm_models import load_model_and_tokenizer
+from gpm_gainlora_experiments.lm.models import load_model_and_tokenizer
 
 #: The issue's target: tokens/s of the strategy over tokens/s of plain ``model.generate``.
 TARGET = 0.9

@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 from avalanche_gpm.subspace import grow_basis
 from avalanche_gpm.models import pmnist_mlp
-from experiments.benchmarks import get_benchmark
-from experiments.benchmarks.image_data import TaskSplits, make_benchmark
-from experiments.benchmarks.pmnist import pmnist_tasks
-from experiments.evaluation import accuracy_row, quiet_evaluator
-from experiments.metrics import acc_bwt
-from experiments.strategies import build_strategy
+from gpm_gainlora_experiments.image.benchmarks import get_benchmark
+from gpm_gainlora_experiments.image.benchmarks.image_data import TaskSplits, make_benchmark
+from gpm_gainlora_experiments.image.benchmarks.pmnist import pmnist_tasks
+from gpm_gainlora_experiments.common.evaluation import accuracy_row, quiet_evaluator
+from gpm_gainlora_experiments.common.metrics import acc_bwt
+from gpm_gainlora_experiments.image.strategies import build_strategy
 
 THRESHOLDS = (0.95, 0.99, 0.99)
 NUM_SAMPLES = 300

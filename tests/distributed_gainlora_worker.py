@@ -37,12 +37,12 @@ def _parameters(strategy) -> dict[str, torch.Tensor]:
 
 
 class Recorder(SupervisedPlugin, supports_distributed=True):
-    """Parameters after the method plugins' ``before_training_exp`` (before DDP syncs anything),
+    """Parameters after the method plugin's ``before_training_exp`` (before DDP syncs anything),
     parameters and memories after each experience, the samples seen per epoch, the wrapper type."""
 
-    def __init__(self, inflora: InfLoRAPlugin, gainlora: GainLoRAPlugin):
+    def __init__(self, gainlora: GainLoRAPlugin):
         super().__init__()
-        self.inflora, self.gainlora = inflora, gainlora
+        self.gainlora = gainlora
         self.start: list[dict] = []
         self.end: list[dict] = []
         self.experience_samples: list[list[tuple[int, ...]]] = []
@@ -66,7 +66,7 @@ class Recorder(SupervisedPlugin, supports_distributed=True):
         self.end.append(
             {
                 "params": _parameters(strategy),
-                "inflora": self.inflora.memory.state_dict(),
+                "inflora": self.gainlora.base.memory.state_dict(),
                 "gates": self.gainlora.memory.state_dict(),
             }
         )
@@ -84,13 +84,12 @@ def main(out_dir: str) -> None:
     # between ranks unless the plugins make them identical.
     torch.manual_seed(1000 + rank)
     branches = LoraBranches(model, rank=2, alpha=4)
-    inflora = InfLoRAPlugin(branches, threshold=0.99)
-    gainlora = GainLoRAPlugin(branches, hidden=8, threshold=0.99)
-    recorder = Recorder(inflora, gainlora)
+    gainlora = GainLoRAPlugin(InfLoRAPlugin(branches, threshold=0.99), hidden=8, threshold=0.99)
+    recorder = Recorder(gainlora)
     strategy = lm_strategy(
         model,
         lr=1e-2,
-        plugins=[inflora, gainlora, recorder, DistributedLoRAPlugin()],
+        plugins=[gainlora, recorder, DistributedLoRAPlugin()],
         evaluator=lm_evaluator(),
         train_mb_size=PER_RANK_BATCH,
         train_epochs=EPOCHS,

@@ -16,9 +16,9 @@ import torch
 
 from avalanche_gainlora.data import decode_references
 from avalanche_gainlora.distributed import DistributedHelper, setup_distributed, shutdown_distributed
-from experiments import lm_runner
-from experiments.instruction import InstructionTask
-from experiments.lm_runner import LMSettings, run_lm
+from gpm_gainlora_experiments.lm import runner as lm_runner
+from gpm_gainlora_experiments.lm.instruction import InstructionTask
+from gpm_gainlora_experiments.lm.runner import LMSettings, run_lm
 from tests.lm_fixtures import char_tokenizer, lm_benchmark, lm_evaluator, lm_strategy, lm_tasks, tiny_llama
 
 NUM_TASKS = 2

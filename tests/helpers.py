@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing
 from avalanche.benchmarks import tensors_benchmark
 
-from experiments.evaluation import accuracy_row, quiet_evaluator
+from gpm_gainlora_experiments.common.evaluation import accuracy_row, quiet_evaluator
 
 __all__ = [
     "accuracy_row",

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import runner
+from gpm_gainlora_experiments.image import runner
 
 
 def main(strategy: str, out_dir: str, pause_file: str | None = None) -> None:

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from avalanche_gainlora.data import InstructionExample
-from experiments import lm_runner
-from experiments.instruction import InstructionTask
-from experiments.lm_methods import MethodOptions
-from experiments.lm_runner import LMSettings, run_lm
+from gpm_gainlora_experiments.lm import runner as lm_runner
+from gpm_gainlora_experiments.lm.instruction import InstructionTask
+from gpm_gainlora_experiments.lm.methods import MethodOptions
+from gpm_gainlora_experiments.lm.runner import LMSettings, run_lm
 from tests.lm_fixtures import char_tokenizer, tiny_llama
 
 SETTINGS = LMSettings(

@@ -7,7 +7,7 @@ import json
 import torch
 
 from benchmarks import gainlora_step_cost, generation_throughput, gpm_step_cost, gpm_update_cost, pmnist_end_to_end
-from experiments.benchmarks.image_data import TaskSplits
+from gpm_gainlora_experiments.image.benchmarks.image_data import TaskSplits
 
 
 def test_gpm_step_cost_writes_a_row_per_memory_fill(tmp_path):

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from experiments import report, run
-from experiments.cli_errors import exit_on_user_error
-from experiments.devices import resolve_device
+from gpm_gainlora_experiments.image import report, run
+from gpm_gainlora_experiments.common.cli_errors import exit_on_user_error
+from gpm_gainlora_experiments.common.devices import resolve_device
 
 
 def test_our_check_becomes_a_one_line_exit(tmp_path):
@@ -24,7 +24,7 @@ def test_our_check_becomes_a_one_line_exit(tmp_path):
 def test_under_python_m_too(tmp_path):
     """``python -m`` runs the module as ``__main__``: its own errors must still count as ours."""
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.report", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "gpm_gainlora_experiments.image.report", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: no run records")
@@ -80,14 +80,14 @@ def test_truncated_mnist_files_are_named(tmp_path):
 
 
 def test_a_model_path_that_does_not_exist_is_named():
-    from experiments.lm_models import resolve_model
+    from gpm_gainlora_experiments.lm.models import resolve_model
 
     with pytest.raises(FileNotFoundError, match=r"--model /nonexistent/model: no such folder; .*smollm2-135m-instruct"):
         resolve_model("/nonexistent/model")
 
 
 def test_an_empty_or_truncated_task_file_is_named(tmp_path):
-    from experiments.instruction.files import read_task_file
+    from gpm_gainlora_experiments.lm.instruction.files import read_task_file
 
     for content in ("", '{"Definition": ["x"], "Instances": [{"input": "a", "out'):
         path = tmp_path / "train.json"
@@ -97,7 +97,7 @@ def test_an_empty_or_truncated_task_file_is_named(tmp_path):
 
 
 def test_a_folder_that_is_not_a_checkpoint_is_named(tmp_path):
-    from experiments.lm_models import load_model_and_tokenizer
+    from gpm_gainlora_experiments.lm.models import load_model_and_tokenizer
 
     with pytest.raises(ValueError, match=rf"cannot load --model {re.escape(str(tmp_path))} \(.*config.json.*\); give a local"):
         load_model_and_tokenizer(str(tmp_path))

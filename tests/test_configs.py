@@ -1,6 +1,6 @@
-"""experiments.configs: which fields of run configurations differ."""
+"""gpm_gainlora_experiments.common.configs: which fields of run configurations differ."""
 
-from experiments.configs import differing_fields
+from gpm_gainlora_experiments.common.configs import differing_fields
 
 
 def test_nested_fields_are_named_by_their_dotted_path():

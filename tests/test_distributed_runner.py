@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.hyperparams import Hyperparams
-from experiments.runner import _check_distributed
+from gpm_gainlora_experiments.image.hyperparams import Hyperparams
+from gpm_gainlora_experiments.image.runner import _check_distributed
 from tests.helpers import free_port
 from tests.image_fixtures import write_cifar10_pickles
 
@@ -19,11 +19,11 @@ ROOT = Path(__file__).parent.parent
 
 
 def run_on_two_processes(*arguments: str) -> None:
-    """``python -m experiments.run --distributed ARGUMENTS`` under a 2-process torchrun launch."""
+    """``python -m gpm_gainlora_experiments.image.run --distributed ARGUMENTS`` under a 2-process torchrun launch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}", "-m", "experiments.run", "--distributed", *arguments,
+        f"--master_port={free_port()}", "-m", "gpm_gainlora_experiments.image.run", "--distributed", *arguments,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

@@ -1,4 +1,4 @@
-"""experiments.evaluation: the eval-phase evaluator skips training callbacks and changes no result."""
+"""gpm_gainlora_experiments.common.evaluation: the eval-phase evaluator skips training callbacks and changes no result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
-from experiments.evaluation import EvalPhaseEvaluator, accuracy_row
+from gpm_gainlora_experiments.common.evaluation import EvalPhaseEvaluator, accuracy_row
 from tests.helpers import gaussian_tasks
 
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from avalanche_gpm import LinearSchedule
-from experiments import runner as runner_module
-from experiments.benchmarks import BENCHMARKS, get_benchmark
-from experiments.benchmarks.permuted_digits import digits_split, permuted_digits, task_permutations
-from experiments.hyperparams import Hyperparams
-from experiments.metrics import acc_bwt
-from experiments.report import write_report
-from experiments.run import main as cli_main
-from experiments.run import parse_args
-from experiments.records import result_path
-from experiments.runner import run
-from experiments.strategies import STRATEGIES, build_strategy
+from gpm_gainlora_experiments.image import runner as runner_module
+from gpm_gainlora_experiments.image.benchmarks import BENCHMARKS, get_benchmark
+from gpm_gainlora_experiments.image.benchmarks.permuted_digits import digits_split, permuted_digits, task_permutations
+from gpm_gainlora_experiments.image.hyperparams import Hyperparams
+from gpm_gainlora_experiments.common.metrics import acc_bwt
+from gpm_gainlora_experiments.image.report import write_report
+from gpm_gainlora_experiments.image.run import main as cli_main
+from gpm_gainlora_experiments.image.run import parse_args
+from gpm_gainlora_experiments.common.records import result_path
+from gpm_gainlora_experiments.image.runner import run
+from gpm_gainlora_experiments.image.strategies import STRATEGIES, build_strategy
 
 TINY = {"num_tasks": 2, "progress": False}
 FIGURES = ("accuracy_matrices.png", "task_curves.png", "gpm_memory.png", "acc_bwt.png")

@@ -88,7 +88,7 @@ def test_gainlora_inflora_keeps_old_inputs_routed_away_from_new_branches(kind):
     branches = LoraBranches(model, rank=2, alpha=4)
     inflora = InfLoRAPlugin(branches, threshold=0.99)
     # GPM's rule keeps the exact span at threshold 1.0 (the official rule drops the last direction)
-    gainlora = GainLoRAPlugin(branches, hidden=24, threshold=1.0, rule="gpm")
+    gainlora = GainLoRAPlugin(inflora, hidden=24, threshold=1.0, rule="gpm")
     probe = GateProbe(gainlora, benchmark.train_stream)
     overlaps = []
 
@@ -107,7 +107,7 @@ def test_gainlora_inflora_keeps_old_inputs_routed_away_from_new_branches(kind):
     strategy = lm_strategy(
         model,
         lr=1e-2,
-        plugins=[inflora, gainlora, probe, DesignProbe()],
+        plugins=[gainlora, probe, DesignProbe()],
         evaluator=evaluator,
         train_epochs=4,
         max_new_tokens=3,
@@ -135,8 +135,7 @@ def test_gainlora_olora_penalises_overlap_and_trains_only_the_current_branch_and
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(12, size=2))
     branches = LoraBranches(model, rank=2, alpha=4)
-    olora = OLoRAPlugin(branches, lambda1=0.5)
-    gainlora = GainLoRAPlugin(branches, hidden=8, threshold=0.99)
+    gainlora = GainLoRAPlugin(OLoRAPlugin(branches, lambda1=0.5), hidden=8, threshold=0.99)
     checked = []
 
     class GradientProbe(SupervisedPlugin):
@@ -148,7 +147,7 @@ def test_gainlora_olora_penalises_overlap_and_trains_only_the_current_branch_and
             assert {id(p) for p in branches.up(current).values()} <= with_grad
             checked.append(current)
 
-    strategy = lm_strategy(model, lr=1e-2, plugins=[olora, gainlora, GradientProbe()], train_mb_size=2)
+    strategy = lm_strategy(model, lr=1e-2, plugins=[gainlora, GradientProbe()], train_mb_size=2)
     losses = []
 
     class PenaltyProbe(SupervisedPlugin):
@@ -170,8 +169,8 @@ def test_state_round_trip_reproduces_generations(tmp_path):
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(2, size=4))
     branches = LoraBranches(model, rank=2, alpha=4)
-    plugins = [InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8)]
-    strategy = lm_strategy(model, lr=1e-2, plugins=plugins)
+    gainlora = GainLoRAPlugin(InfLoRAPlugin(branches), hidden=8)
+    strategy = lm_strategy(model, lr=1e-2, plugins=[gainlora])
     _train(strategy, benchmark, evaluate=False)
     with torch.no_grad():
         for index in range(2):  # make the branches matter for generation
@@ -179,16 +178,17 @@ def test_state_round_trip_reproduces_generations(tmp_path):
                 up.add_(torch.randn_like(up))
     batch = benchmark.test_stream[1].dataset.collate_fn([benchmark.test_stream[1].dataset[i] for i in range(4)])[0]
     expected = strategy.generate(batch)
-    torch.save([plugin.state_dict() for plugin in plugins], tmp_path / "plugins.pt")
+    torch.save(gainlora.state_dict(), tmp_path / "gainlora.pt")  # one state: the base's with the gates'
 
     fresh = tiny_llama()  # same seed: same base weights, no branches
-    fresh_branches = LoraBranches(fresh, rank=2, alpha=4)
-    fresh_plugins = [InfLoRAPlugin(fresh_branches), GainLoRAPlugin(fresh_branches, hidden=8)]
-    for plugin, state in zip(fresh_plugins, torch.load(tmp_path / "plugins.pt", weights_only=False)):
-        plugin.load_state_dict(state)
-    restored = lm_strategy(fresh, plugins=fresh_plugins)
+    restored_plugin = GainLoRAPlugin(InfLoRAPlugin(LoraBranches(fresh, rank=2, alpha=4)), hidden=8)
+    restored_plugin.load_state_dict(torch.load(tmp_path / "gainlora.pt", weights_only=False))
+    restored = lm_strategy(fresh, plugins=[restored_plugin])
     assert restored.generate(batch) == expected
-    assert [p.diagnostics for p in fresh_plugins] == [p.diagnostics for p in plugins] and plugins[1].diagnostics
+    assert restored_plugin.diagnostics == gainlora.diagnostics and gainlora.diagnostics
+    assert restored_plugin.base.diagnostics == gainlora.base.diagnostics and gainlora.base.diagnostics
+    for name, basis in gainlora.base.memory.bases.items():
+        torch.testing.assert_close(restored_plugin.base.memory.bases[name], basis, atol=0, rtol=0)
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
     torch.testing.assert_close(fresh(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
 
@@ -197,22 +197,100 @@ def test_state_saved_before_the_first_task_loads_and_trains():
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(1, size=2))
     branches = LoraBranches(model, rank=2, alpha=4)
-    state = [plugin.state_dict() for plugin in (InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8))]
+    state = GainLoRAPlugin(InfLoRAPlugin(branches), hidden=8).state_dict()
     fresh_branches = LoraBranches(model, rank=2, alpha=4)
-    plugins = [InfLoRAPlugin(fresh_branches), GainLoRAPlugin(fresh_branches, hidden=8)]
-    for plugin, saved in zip(plugins, state):
-        plugin.load_state_dict(saved)
-    lm_strategy(model, plugins=plugins).train(benchmark.train_stream[0])
-    assert fresh_branches.num_branches == 1 and len(plugins[1].gates) == 1
+    gainlora = GainLoRAPlugin(InfLoRAPlugin(fresh_branches), hidden=8)
+    gainlora.load_state_dict(state)
+    lm_strategy(model, plugins=[gainlora]).train(benchmark.train_stream[0])
+    assert fresh_branches.num_branches == 1 and len(gainlora.gates) == 1
 
 
-def test_gainlora_without_a_branch_plugin_is_rejected():
+def test_gainlora_state_without_the_base_part_is_refused():
+    branches = LoraBranches(tiny_llama(), rank=2, alpha=4)
+    state = GainLoRAPlugin(OLoRAPlugin(branches), hidden=8).state_dict()
+    del state["base"]  # what the former GainLoRAPlugin(branches) saved
+    fresh = GainLoRAPlugin(OLoRAPlugin(LoraBranches(tiny_llama(), rank=2, alpha=4)), hidden=8)
+    with pytest.raises(ValueError, match="no 'base' entry"):
+        fresh.load_state_dict(state)
+
+
+@pytest.mark.parametrize("base", ["branches", "seqlora", "gainlora"])
+def test_gainlora_on_anything_but_olora_or_inflora_is_rejected(base):
+    branches = LoraBranches(tiny_llama(), rank=2, alpha=4)
+    given = {
+        "branches": lambda: branches,  # the former GainLoRAPlugin(branches)
+        "seqlora": lambda: SeqLoRAPlugin(branches),
+        "gainlora": lambda: GainLoRAPlugin(OLoRAPlugin(branches)),
+    }[base]()
+    with pytest.raises(TypeError, match="must be an OLoRAPlugin or InfLoRAPlugin instance"):
+        GainLoRAPlugin(given)
+
+
+def test_gainlora_on_a_base_that_overrides_before_training_exp_is_rejected():
+    class EagerInfLoRA(InfLoRAPlugin):
+        def before_training_exp(self, strategy, *args, **kwargs):
+            super().before_training_exp(strategy, *args, **kwargs)
+
+    with pytest.raises(TypeError, match="override add_experience_branch or init_branch instead"):
+        GainLoRAPlugin(EagerInfLoRA(LoraBranches(tiny_llama(), rank=2, alpha=4)))
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_base_also_in_the_plugin_list_is_rejected(position):
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(1, size=2))
-    branches = LoraBranches(model, rank=2, alpha=4)
-    strategy = lm_strategy(model, plugins=[GainLoRAPlugin(branches)])
-    with pytest.raises(RuntimeError, match="put a branch plugin"):
+    base = InfLoRAPlugin(LoraBranches(model, rank=2, alpha=4))
+    gainlora = GainLoRAPlugin(base, hidden=8)
+    plugins = [base, gainlora] if position == "before" else [gainlora, base]
+    strategy = lm_strategy(model, plugins=plugins)
+    with pytest.raises(ValueError, match=r"would run twice: pass it only as GainLoRAPlugin\(base=\.\.\.\)"):
         strategy.train(benchmark.train_stream[0])
+
+
+def _count_optimizer_builds(strategy, plugin) -> tuple[list[int], list[int]]:
+    """Wrap ``strategy.make_optimizer`` and ``plugin.before_training_exp``: the training experience of
+    every optimizer build, and the number of builds inside the plugin's hook per experience."""
+    builds: list[int] = []
+    in_hook: list[int] = []
+    make_optimizer, hook = strategy.make_optimizer, plugin.before_training_exp
+
+    def counted_make_optimizer(*args, **kwargs):
+        builds.append(strategy.experience.current_experience)
+        return make_optimizer(*args, **kwargs)
+
+    def counted_hook(strategy, *args, **kwargs):
+        before = len(builds)
+        hook(strategy, *args, **kwargs)
+        in_hook.append(len(builds) - before)
+
+    strategy.make_optimizer, plugin.before_training_exp = counted_make_optimizer, counted_hook
+    return builds, in_hook
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda b: SeqLoRAPlugin(b),
+        lambda b: OLoRAPlugin(b),
+        lambda b: InfLoRAPlugin(b),
+        lambda b: GainLoRAPlugin(OLoRAPlugin(b), hidden=8),
+        lambda b: GainLoRAPlugin(InfLoRAPlugin(b), hidden=8),
+    ],
+    ids=["seqlora", "olora", "inflora", "gainlora_olora", "gainlora_inflora"],
+)
+def test_optimizer_rebuilt_once_per_experience_by_the_method(method):
+    model = tiny_llama()
+    benchmark = lm_benchmark(model, lm_tasks(3, size=2))
+    plugin = method(LoraBranches(model, rank=2, alpha=4))
+    strategy = lm_strategy(model, plugins=[plugin])
+    builds, in_hook = _count_optimizer_builds(strategy, plugin)
+    _train(strategy, benchmark, evaluate=False)
+    # One rebuild per new branch (and gate); SeqLoRA adds its single branch on the first experience.
+    assert in_hook == ([1, 0, 0] if isinstance(plugin, SeqLoRAPlugin) else [1, 1, 1])
+    # Avalanche's own builds: two on the first experience (the first one maps the parameters), then one.
+    assert [builds.count(e) - n for e, n in enumerate(in_hook)] == [2, 1, 1]
+    optimized = {id(p) for group in strategy.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in model.parameters() if p.requires_grad} <= optimized
 
 
 def test_seqlora_keeps_one_branch_and_runs_with_avalanche_ewc():
@@ -236,7 +314,7 @@ def test_avalanche_checkpoint_restores_branches_gates_and_bases(tmp_path):
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(2, size=4))
     branches = LoraBranches(model, rank=2, alpha=4)
-    strategy = lm_strategy(model, lr=1e-2, plugins=[OLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8)])
+    strategy = lm_strategy(model, lr=1e-2, plugins=[GainLoRAPlugin(OLoRAPlugin(branches), hidden=8)])
     strategy.train(benchmark.train_stream[0])
     with torch.no_grad():
         for up in branches.up(0).values():
@@ -247,27 +325,29 @@ def test_avalanche_checkpoint_restores_branches_gates_and_bases(tmp_path):
 
     fresh = tiny_llama()
     fresh_branches = LoraBranches(fresh, rank=2, alpha=4)
-    template = lm_strategy(fresh, plugins=[OLoRAPlugin(fresh_branches), GainLoRAPlugin(fresh_branches, hidden=8)])
+    template = lm_strategy(fresh, plugins=[GainLoRAPlugin(OLoRAPlugin(fresh_branches), hidden=8)])
     restored, next_experience = maybe_load_checkpoint(template, str(tmp_path / "checkpoint.pkl"))
     assert next_experience == 1
     assert restored.generate(batch) == expected
     gainlora = next(p for p in restored.plugins if isinstance(p, GainLoRAPlugin))
     assert len(gainlora.gates) == 1 and gainlora.memory.bases["down"] is not None
-    restored.train(benchmark.train_stream[1])  # training goes on with the restored plugins
+    assert not any(isinstance(p, OLoRAPlugin) for p in restored.plugins)  # the base travels inside GainLoRA
+    restored.train(benchmark.train_stream[1])  # training goes on with the restored plugin
     assert gainlora.branches.num_branches == 2 and len(gainlora.gates) == 2
+    assert gainlora.branches is gainlora.base.branches
 
 
 def test_state_grown_with_another_energy_rule_is_refused():
     model = tiny_llama()
     benchmark = lm_benchmark(model, lm_tasks(1, size=4))
     branches = LoraBranches(model, rank=2, alpha=4)
-    plugins = [InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8)]
-    _train(lm_strategy(model, plugins=plugins), benchmark, evaluate=False)
-    fresh = LoraBranches(tiny_llama(), rank=2, alpha=4)
-    with pytest.raises(ValueError, match="'covariance' energy rule but this memory uses 'gram'"):
-        InfLoRAPlugin(fresh, rule="gpm").load_state_dict(plugins[0].state_dict())
-    with pytest.raises(ValueError, match="'covariance' energy rule but this memory uses 'gram'"):
-        GainLoRAPlugin(fresh, hidden=8, rule="gpm").load_state_dict(plugins[1].state_dict())
+    gainlora = GainLoRAPlugin(InfLoRAPlugin(branches), hidden=8)
+    _train(lm_strategy(model, plugins=[gainlora]), benchmark, evaluate=False)
+    base_rule = GainLoRAPlugin(InfLoRAPlugin(LoraBranches(tiny_llama(), rank=2, alpha=4), rule="gpm"), hidden=8)
+    gate_rule = GainLoRAPlugin(InfLoRAPlugin(LoraBranches(tiny_llama(), rank=2, alpha=4)), hidden=8, rule="gpm")
+    for plugin in (base_rule, gate_rule):
+        with pytest.raises(ValueError, match="'covariance' energy rule but this memory uses 'gram'"):
+            plugin.load_state_dict(gainlora.state_dict())
 
 
 def test_gates_stay_float32_under_bf16_autocast():
@@ -280,6 +360,6 @@ def test_gates_stay_float32_under_bf16_autocast():
         def before_backward(self, strategy, **kwargs):
             dtypes.append(branches.weights.values.dtype)
 
-    plugins = [InfLoRAPlugin(branches), GainLoRAPlugin(branches, hidden=8), WeightProbe()]
+    plugins = [GainLoRAPlugin(InfLoRAPlugin(branches), hidden=8), WeightProbe()]
     _train(lm_strategy(model, plugins=plugins, precision="bf16"), benchmark, evaluate=False)
     assert dtypes and set(dtypes) == {torch.float32}

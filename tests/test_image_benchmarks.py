@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.benchmarks import split_cifar
-from experiments.benchmarks.five_datasets import five_datasets
-from experiments.benchmarks.image_data import ImageBenchmark, RawImages, SizeCaps, split_by_classes
-from experiments.benchmarks.mini_imagenet import mini_imagenet
-from experiments.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist
-from experiments.benchmarks.split_cifar import split_cifar10, split_cifar100
+from gpm_gainlora_experiments.image.benchmarks import split_cifar
+from gpm_gainlora_experiments.image.benchmarks.five_datasets import five_datasets
+from gpm_gainlora_experiments.image.benchmarks.image_data import ImageBenchmark, RawImages, SizeCaps, split_by_classes
+from gpm_gainlora_experiments.image.benchmarks.mini_imagenet import mini_imagenet
+from gpm_gainlora_experiments.image.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist
+from gpm_gainlora_experiments.image.benchmarks.split_cifar import split_cifar10, split_cifar100
 from tests.image_fixtures import (
     random_images,
     write_cifar10_archive,

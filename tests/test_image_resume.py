@@ -14,9 +14,9 @@ import torch
 from avalanche.training import Naive
 from torch import nn
 
-from experiments.checkpoints import checkpoint_path
-from experiments import runner
-from experiments.image_checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
+from gpm_gainlora_experiments.common.checkpoints import checkpoint_path
+from gpm_gainlora_experiments.image import runner
+from gpm_gainlora_experiments.image.checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
 from tests.helpers import gaussian_tasks, kill_once_paused, quiet_evaluator, without
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from avalanche_gainlora.data import InstructionExample
-from experiments.instruction import BENCHMARKS, load_tasks, resolve_order
-from experiments.metrics import ap_ft
+from gpm_gainlora_experiments.lm.instruction import BENCHMARKS, load_tasks, resolve_order
+from gpm_gainlora_experiments.common.metrics import ap_ft
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

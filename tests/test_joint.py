@@ -10,12 +10,12 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from torch import Tensor, nn
 
-from experiments.evaluation import accuracy_row, quiet_evaluator
-from experiments.hyperparams import Hyperparams
-from experiments.report import write_report
-from experiments.records import result_path
-from experiments.runner import run
-from experiments.strategies import build_strategy
+from gpm_gainlora_experiments.common.evaluation import accuracy_row, quiet_evaluator
+from gpm_gainlora_experiments.image.hyperparams import Hyperparams
+from gpm_gainlora_experiments.image.report import write_report
+from gpm_gainlora_experiments.common.records import result_path
+from gpm_gainlora_experiments.image.runner import run
+from gpm_gainlora_experiments.image.strategies import build_strategy
 from tests.helpers import gaussian_tasks
 from tests.test_experiments import FIGURES, TINY, tiny_hyperparams
 

@@ -13,12 +13,12 @@ from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.data import InstructionExample, instruction_benchmark
 from avalanche_gainlora.bases import official_threshold
 from avalanche_gainlora.plugins import GainLoRAPlugin, InfLoRAPlugin, OLoRAPlugin, SeqLoRAPlugin
-from experiments import lm_models, lm_run, lm_runner
-from experiments.instruction import InstructionTask, get_benchmark
-from experiments.lm_methods import METHODS, MethodOptions, build_plugins, get_method, parse_methods
-from experiments.lm_report import write_lm_report
-from experiments.lm_runner import LMSettings, run_lm
-from experiments.records import result_path
+from gpm_gainlora_experiments.lm import models as lm_models, run as lm_run, runner as lm_runner
+from gpm_gainlora_experiments.lm.instruction import InstructionTask, get_benchmark
+from gpm_gainlora_experiments.lm.methods import METHODS, MethodOptions, build_plugins, get_method, parse_methods
+from gpm_gainlora_experiments.lm.report import write_lm_report
+from gpm_gainlora_experiments.lm.runner import LMSettings, run_lm
+from gpm_gainlora_experiments.common.records import result_path
 from tests.lm_fixtures import char_tokenizer, tiny_llama, tiny_t5
 
 NUM_TASKS = 3
@@ -242,8 +242,8 @@ def test_unknown_method_lists_the_valid_ones():
         ("seqlora", [SeqLoRAPlugin]),
         ("olora", [OLoRAPlugin]),
         ("inflora", [InfLoRAPlugin]),
-        ("gainlora_olora", [OLoRAPlugin, GainLoRAPlugin]),
-        ("gainlora_inflora", [InfLoRAPlugin, GainLoRAPlugin]),
+        ("gainlora_olora", [GainLoRAPlugin]),
+        ("gainlora_inflora", [GainLoRAPlugin]),
     ],
 )
 def test_methods_build_their_plugins_in_order(method, types):
@@ -251,7 +251,10 @@ def test_methods_build_their_plugins_in_order(method, types):
     plugins = build_plugins(method, branches, options=MethodOptions(lambda1=0.25))
     assert [type(plugin) for plugin in plugins] == types
     assert get_method(method).gated == (GainLoRAPlugin in types)
-    for plugin in plugins:
+    bases = {"gainlora_olora": OLoRAPlugin, "gainlora_inflora": InfLoRAPlugin}
+    if method in bases:
+        assert type(plugins[0].base) is bases[method]
+    for plugin in [*plugins, *(p.base for p in plugins if isinstance(p, GainLoRAPlugin))]:
         assert plugin.branches is branches
         if isinstance(plugin, OLoRAPlugin):
             assert plugin.lambda1 == 0.25
@@ -270,11 +273,12 @@ def test_fixed_threshold_and_gate_width_are_passed_on():
         LoraBranches(tiny_t5(), rank=2),
         options=MethodOptions(threshold=0.9, gate_hidden=12, inflora_max_samples=5, basis_rule="gpm"),
     )
-    inflora, gates = plugins
+    (gates,) = plugins
+    inflora = gates.base
     assert inflora.threshold == 0.9 and inflora.max_samples == 5 and inflora.rule == "gpm"
     assert gates.hidden == 12 and gates.memory.threshold == 0.9 and gates.memory.memory.energy == "gram"
     default = build_plugins("gainlora_olora", LoraBranches(tiny_t5(), rank=2))
-    assert default[1].hidden == 100
+    assert default[0].hidden == 100
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -417,7 +421,7 @@ def test_evaluation_only_generates():
         train_mb_size=4,
         eval_mb_size=8,
         plugins=[SeqLoRAPlugin(LoraBranches(model, rank=2))],
-        evaluator=lm_runner._evaluator(verbose=False),
+        evaluator=lm_runner._evaluator(),
         max_new_tokens=2,
     )
     calls = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.checkpoints import checkpoint_path
+from gpm_gainlora_experiments.common.checkpoints import checkpoint_path
 from tests.helpers import kill_once_paused, without
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_a_run_killed_after_a_task_resumes_to_the_uninterrupted_record(tmp_path,
 
 
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
-    from experiments.lm_checkpoints import resume_run
+    from gpm_gainlora_experiments.lm.checkpoints import resume_run
 
     path = tmp_path / "c.pt"
     torch.save({"config": {"lr": 1e-3, "seed": 0}, "progress": {}, "plugins": [], "rng": {}}, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from experiments.plots import heatmap_figure
+from gpm_gainlora_experiments.common.plots import heatmap_figure
 
 GREY = (0xE6 / 255, 0xE6 / 255, 0xE6 / 255, 1.0)
 

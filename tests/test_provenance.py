@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from experiments import provenance
+from gpm_gainlora_experiments.common import provenance
 
 
 def _git(cwd, *args):

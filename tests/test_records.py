@@ -11,11 +11,11 @@ from collections import namedtuple
 
 import pytest
 
-from experiments import records
-from experiments.benchmarks import BENCHMARKS
-from experiments.records import check_output_folder, read_record, record_lock, result_path, write_atomically
-from experiments.report import load_records
-from experiments.runner import run
+from gpm_gainlora_experiments.common import records
+from gpm_gainlora_experiments.image.benchmarks import BENCHMARKS
+from gpm_gainlora_experiments.common.records import check_output_folder, read_record, record_lock, result_path, write_atomically
+from gpm_gainlora_experiments.common.results import load_records
+from gpm_gainlora_experiments.image.runner import run
 
 
 def test_an_output_folder_that_is_a_file_or_under_one_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""experiments.tune: grids of strategy options scored on the validation split."""
+"""gpm_gainlora_experiments.image.tune: grids of strategy options scored on the validation split."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from avalanche_gpm.models import pmnist_mlp
-from experiments import benchmarks as benchmarks_module
-from experiments.benchmarks import BenchmarkSpec
-from experiments.benchmarks.image_data import TaskSplits, make_benchmark
-from experiments.hyperparams import Hyperparams
-from experiments.records import result_path
-from experiments.runner import run
-from experiments.tune import grid_points, main as tune_main, parse_grid_axis, point_record_name, tune, write_tuning_report
+from gpm_gainlora_experiments.image import benchmarks as benchmarks_module
+from gpm_gainlora_experiments.image.benchmarks import BenchmarkSpec
+from gpm_gainlora_experiments.image.benchmarks.image_data import TaskSplits, make_benchmark
+from gpm_gainlora_experiments.image.hyperparams import Hyperparams
+from gpm_gainlora_experiments.common.records import result_path
+from gpm_gainlora_experiments.image.runner import run
+from gpm_gainlora_experiments.image.tune import grid_points, main as tune_main, parse_grid_axis, point_record_name, tune, write_tuning_report
 
 FEATURES, CLASSES = 8, 3
 

@@ -16,12 +16,12 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import nn
 
 from avalanche_gpm import GPM
-from experiments.benchmarks import BENCHMARKS, CIFAR100_SCHEDULE, FIVE_DATASETS_SCHEDULE, BenchmarkSpec
-from experiments.hyperparams import Hyperparams, LRScheduleConfig
-from experiments.plugins import PlateauDecision, PlateauTracker, ValidationLRSchedule
-from experiments import runner as runner_module
-from experiments.runner import run
-from experiments.strategies import build_strategy
+from gpm_gainlora_experiments.image.benchmarks import BENCHMARKS, CIFAR100_SCHEDULE, FIVE_DATASETS_SCHEDULE, BenchmarkSpec
+from gpm_gainlora_experiments.image.hyperparams import Hyperparams, LRScheduleConfig
+from gpm_gainlora_experiments.image.plugins import PlateauDecision, PlateauTracker, ValidationLRSchedule
+from gpm_gainlora_experiments.image import runner as runner_module
+from gpm_gainlora_experiments.image.runner import run
+from gpm_gainlora_experiments.image.strategies import build_strategy
 from tests.helpers import quiet_evaluator
 
 NUM_CLASSES = 3
@@ -361,6 +361,6 @@ def test_runner_rejects_a_schedule_without_validation_stream(tmp_path):
     hp = BENCHMARKS["permuted_digits"].defaults.replace(epochs=1, lr_schedule=CIFAR100_SCHEDULE)
     with pytest.raises(ValueError, match="permuted_digits has none for 2 tasks"):
         run("permuted_digits", "naive", 0, tmp_path, hyperparams=hp, num_tasks=2, progress=False)
-    # no record and no checkpoint; only the run's lock file (experiments.records) stays behind
+    # no record and no checkpoint; only the run's lock file (gpm_gainlora_experiments.common.records) stays behind
     left = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")]
     assert left == ["checkpoints", "checkpoints/naive_seed0.lock"]

@@ -14,6 +14,8 @@ class BranchPlugin(SupervisedPlugin, supports_distributed=True):
 
     Without any other plugin this is the ungated sum of per-task branches; subclasses decide how
     a branch is initialised and trained (O-LoRA, InfLoRA), :class:`SeqLoRAPlugin` keeps a single one.
+    Adding the branch (:meth:`add_experience_branch`) is kept apart from rebuilding the optimizer,
+    so that :class:`~avalanche_gainlora.plugins.GainLoRAPlugin` rebuilds it once for branch and gate.
 
     :param branches: the model's branches (see :class:`~avalanche_gainlora.branches.LoraBranches`).
     """
@@ -26,12 +28,25 @@ class BranchPlugin(SupervisedPlugin, supports_distributed=True):
         self.branches = branches
 
     def before_training_exp(self, strategy: Any, *args, **kwargs) -> None:
-        if self.branch_per_experience or self.branches.num_branches == 0:
-            index = self.branches.add_branch()
-            self.branches.model.to(strategy.device)
-            self.init_branch(strategy, index)
+        if self.add_experience_branch(strategy):
             # Avalanche built this experience's optimizer before this hook: register the new branch.
             strategy.make_optimizer()
+
+    def add_experience_branch(self, strategy: Any) -> bool:
+        """Add and initialise the branch of the experience starting now, if it gets one.
+
+        The optimizer is left as it is: the caller registers the new branch with
+        ``strategy.make_optimizer()``.
+
+        :param strategy: the strategy about to train the experience.
+        :return: whether a branch was added.
+        """
+        if not (self.branch_per_experience or self.branches.num_branches == 0):
+            return False
+        index = self.branches.add_branch()
+        self.branches.model.to(strategy.device)
+        self.init_branch(strategy, index)
+        return True
 
     def init_branch(self, strategy: Any, index: int) -> None:
         """Initialise branch ``index`` before it is trained (default: peft's init, ``B = 0``)."""
