@@ -6,6 +6,7 @@ import csv
 import subprocess
 import sys
 
+import dill
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -64,8 +65,6 @@ def test_csv_logs_every_metric_and_avalanche_csv_files(logged_gpm):
 
 
 def test_metrics_csv_survives_pickling_and_appends(tmp_path):
-    import dill
-
     logger = MetricsCSVLogger(tmp_path / "m.csv")
     logger.log_single_metric("a", 1.0, 3)
     logger.log_single_metric("image", object(), 3)  # non-numeric: left to other loggers

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avalanche.distributed import DistributedHelper
 from avalanche.logging import BaseLogger, CSVLogger, InteractiveLogger, TensorboardLogger, TextLogger, WandBLogger
 
 LOGGER_NAMES = ("interactive", "text", "csv", "tensorboard", "wandb")
@@ -105,6 +106,32 @@ def build_loggers(names: Sequence[str], log_dir: str | os.PathLike, *, project: 
         else:
             loggers.append(WandBLogger(project_name=project, run_name=folder.name, dir=str(folder)))
     return loggers
+
+
+def loggers_for_run(
+    names: Sequence[str],
+    *,
+    out_dir: str | os.PathLike,
+    log_dir: str | os.PathLike | None,
+    run_name: str,
+    project: str,
+    resume: bool,
+) -> list[BaseLogger]:
+    """The loggers of one run of a runner, in ``<log_dir>/<run_name>`` (``log_dir`` defaults to
+    ``<out_dir>/logs``); none without names, and none on any process but the main one (Avalanche
+    refuses loggers elsewhere).
+
+    :param names: from :data:`LOGGER_NAMES`.
+    :param out_dir: the runner's output folder.
+    :param log_dir: the folder of the runs' logs, or None for the default.
+    :param run_name: the run's folder, e.g. ``gpm_seed0``.
+    :param project: see :func:`build_loggers`.
+    :param resume: see :func:`build_loggers`.
+    """
+    if not names or not DistributedHelper.is_main_process:
+        return []
+    folder = Path(log_dir or Path(out_dir) / "logs") / run_name
+    return build_loggers(names, folder, project=project, resume=resume)
 
 
 def close_loggers(loggers: Sequence[BaseLogger]) -> None:

@@ -15,7 +15,6 @@ import functools
 import os
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from avalanche.benchmarks.scenarios import CLScenario, CLStream
@@ -30,7 +29,7 @@ from gpm_gainlora_experiments.image.benchmarks import get_benchmark
 from gpm_gainlora_experiments.common.checkpoints import checkpoint_path
 from gpm_gainlora_experiments.common.devices import resolve_device
 from gpm_gainlora_experiments.common.evaluation import accuracy_row, image_evaluator
-from gpm_gainlora_experiments.common.loggers import build_loggers, close_loggers
+from gpm_gainlora_experiments.common.loggers import close_loggers, loggers_for_run
 from gpm_gainlora_experiments.image.hyperparams import Hyperparams
 from gpm_gainlora_experiments.image.checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
 from gpm_gainlora_experiments.common.metrics import acc_bwt
@@ -152,13 +151,10 @@ def run(
         checkpoint = checkpoint_path(out_dir, record_name or strategy_name, seed) if resumable else None
         if checkpoint is not None and force:
             checkpoint.unlink(missing_ok=True)
-        run_loggers = []
-        if loggers and DistributedHelper.is_main_process:
-            run_name = f"{record_name or strategy_name}_seed{seed}"
-            run_loggers = build_loggers(
-                loggers, Path(log_dir or Path(out_dir) / "logs") / run_name, project=benchmark_name,
-                resume=checkpoint is not None and checkpoint.exists(),
-            )  # fmt: skip
+        run_loggers = loggers_for_run(
+            loggers, out_dir=out_dir, log_dir=log_dir, run_name=f"{record_name or strategy_name}_seed{seed}",
+            project=benchmark_name, resume=checkpoint is not None and checkpoint.exists(),
+        )  # fmt: skip
         strategy = build_strategy(
             strategy_name,
             model=spec.model(),

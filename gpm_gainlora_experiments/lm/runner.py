@@ -29,7 +29,6 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,7 +50,7 @@ from avalanche_gainlora.strategy import LanguageModelStrategy
 from gpm_gainlora_experiments.common.checkpoints import checkpoint_path
 from gpm_gainlora_experiments.common.devices import resolve_device
 from gpm_gainlora_experiments.common.evaluation import experience_row
-from gpm_gainlora_experiments.common.loggers import build_loggers, close_loggers
+from gpm_gainlora_experiments.common.loggers import close_loggers, loggers_for_run
 from gpm_gainlora_experiments.lm.instruction import InstructionTask
 from gpm_gainlora_experiments.lm.checkpoints import RunProgress, resume_run, save_run_checkpoint
 from gpm_gainlora_experiments.lm.methods import (
@@ -288,12 +287,10 @@ def run_lm(
         resumed_after = None if resumed is None else resumed.tasks_done
         if world_size > 1:
             plugins.append(DistributedLoRAPlugin())  # after the method plugins, which add each task's branch
-        run_loggers = []
-        if loggers and DistributedHelper.is_main_process:
-            run_loggers = build_loggers(
-                loggers, Path(log_dir or Path(out_dir) / "logs") / f"{method}_seed{seed}", project=benchmark_name,
-                resume=resumed is not None,
-            )  # fmt: skip
+        run_loggers = loggers_for_run(
+            loggers, out_dir=out_dir, log_dir=log_dir, run_name=f"{method}_seed{seed}", project=benchmark_name,
+            resume=resumed is not None,
+        )  # fmt: skip
         strategy = GenerationEvalStrategy(
             model=model,
             optimizer=torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay),
