@@ -11,7 +11,8 @@ from gpm_gainlora_experiments.image.benchmarks import split_cifar
 from gpm_gainlora_experiments.image.benchmarks.five_datasets import five_datasets
 from gpm_gainlora_experiments.image.benchmarks.image_data import ImageBenchmark, RawImages, SizeCaps, split_by_classes
 from gpm_gainlora_experiments.image.benchmarks.mini_imagenet import mini_imagenet
-from gpm_gainlora_experiments.image.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist
+from gpm_gainlora_experiments.image.batched_data import tensor_source
+from gpm_gainlora_experiments.image.benchmarks.pmnist import MNIST_MEAN, MNIST_STD, pmnist, pmnist_tasks
 from gpm_gainlora_experiments.image.benchmarks.split_cifar import split_cifar10, split_cifar100
 from tests.image_fixtures import (
     random_images,
@@ -98,6 +99,17 @@ def test_pmnist_caps(data_root: Path) -> None:
     _check_shapes(result, (784,), (5, 2, 4), 10, [0, 0])
     (x0, y0, _), (x1, y1, _) = _stream(result, "train")
     assert torch.equal(y0, y1) and torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)
+
+
+def test_pmnist_benchmark_shares_one_copy_and_equals_the_stored_tasks(data_root: Path) -> None:
+    caps = {"train_size_per_task": 6, "val_size_per_task": 3, "test_size_per_task": 4}
+    lazy, stored = pmnist(data_root, num_tasks=3, **caps), pmnist_tasks(data_root, num_tasks=3, **caps)
+    for name, field in (("train", "train"), ("valid", "val"), ("test", "test")):
+        for (x, y, t), task in zip(_stream(lazy, name), stored):
+            assert torch.equal(x, getattr(task, field)[0]) and torch.equal(y, getattr(task, field)[1]) and t == 0
+    assert all(torch.equal(a[0], b.val[0]) for a, b in zip(lazy.val, stored))
+    leaves = [tensor_source([exp.dataset]).gather_rows.__self__ for exp in lazy.benchmark.train_stream]
+    assert len({leaf.features.data_ptr() for leaf in leaves}) == 1
 
 
 @pytest.mark.skipif(

@@ -20,8 +20,8 @@ def strategy_name(name: str) -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Where data and training happen, how much of the preset runs, and whether existing records are
-    rerun: ``--data-root``, ``--download``, ``--device``, ``--epochs``, ``--tasks``, ``--force``, and
-    the loggers (``--loggers``, ``--log-dir``)."""
+    rerun: ``--data-root``, ``--download``, ``--device``, ``--epochs``, ``--tasks``, ``--force``,
+    the data path (``--avalanche-loader``) and the loggers (``--loggers``, ``--log-dir``)."""
     parser.add_argument("--data-root", help="folder of local data sets, e.g. ../shared/data")
     parser.add_argument(
         "--download", action="store_true", help="let torchvision download missing data (MNIST, CIFAR, SVHN)"
@@ -32,6 +32,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs per task")
     parser.add_argument("--tasks", type=positive_int, help="use only the first N tasks")
     parser.add_argument("--force", action="store_true", help="rerun and overwrite existing records")
+    parser.add_argument(
+        "--avalanche-loader",
+        action="store_true",
+        help="load mini-batches with Avalanche's per-sample loader instead of tensor gathers (same batches, slower)",
+    )
     add_logger_arguments(parser)
 
 
@@ -52,4 +57,5 @@ def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
         "force": args.force,
         "loggers": args.loggers,
         "log_dir": args.log_dir,
+        "batched_loading": not args.avalanche_loader,
     }

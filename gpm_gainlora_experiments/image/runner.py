@@ -33,7 +33,7 @@ from gpm_gainlora_experiments.common.loggers import close_loggers, loggers_for_r
 from gpm_gainlora_experiments.image.hyperparams import Hyperparams
 from gpm_gainlora_experiments.image.checkpoints import RunProgress, data_tensors, resume_strategy, save_strategy_checkpoint
 from gpm_gainlora_experiments.common.metrics import acc_bwt
-from gpm_gainlora_experiments.image.plugins import DivergenceMonitor, EpochProgress, ValidationLRSchedule
+from gpm_gainlora_experiments.image.plugins import BatchedLoading, DivergenceMonitor, EpochProgress, ValidationLRSchedule
 from gpm_gainlora_experiments.common.provenance import process_commit, record_provenance, reset_cuda_peak, source_fingerprint
 from gpm_gainlora_experiments.common.records import check_output_folder, existing_record, record_lock, result_path, write_atomically
 from gpm_gainlora_experiments.image.strategies import STRATEGIES, build_strategy, check_strategy
@@ -65,6 +65,7 @@ def run(
     record_name: str | None = None,
     loggers: Sequence[str] = (),
     log_dir: str | os.PathLike | None = None,
+    batched_loading: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one (benchmark, strategy, seed) and write its record.
 
@@ -96,6 +97,9 @@ def run(
         on the main process only; they change no result.
     :param log_dir: folder of the runs' logs, one subfolder ``<record name>_seed<seed>`` per run;
         default ``<out_dir>/logs``.
+    :param batched_loading: serve mini-batches by tensor gathers where that is provably identical
+        to Avalanche's loader (:class:`~gpm_gainlora_experiments.image.plugins.BatchedLoading`);
+        false keeps Avalanche's per-sample loader. It changes no result, only the time.
     :return: the record (also when it was read back from an existing file).
     :raises ValueError: for unknown names, when an existing record was made with another
         configuration (rerun with ``force`` or use another ``out_dir``), or when the preset has a
@@ -165,6 +169,7 @@ def run(
             plugins=[
                 *_schedule_plugins(benchmark, benchmark_name, hyperparams, len(train_stream)),
                 DivergenceMonitor(),
+                *([BatchedLoading()] if batched_loading else []),
             ],
             seed=seed,
         )

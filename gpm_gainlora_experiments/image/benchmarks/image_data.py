@@ -67,7 +67,7 @@ class ImageBenchmark:
     """
 
     benchmark: GenericCLScenario
-    val: list[Split]
+    val: Sequence[Split]
 
 
 class SizeCaps(NamedTuple):

@@ -8,11 +8,12 @@ every task shows the same digits through its own fixed pixel permutation, so tas
 from __future__ import annotations
 
 import torch
-from avalanche.benchmarks import tensors_benchmark
 from avalanche.benchmarks.scenarios import CLScenario
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
+
+from gpm_gainlora_experiments.image.benchmarks.permuted import permuted_benchmark
 
 NUM_FEATURES = 64
 NUM_CLASSES = 10
@@ -66,8 +67,5 @@ def permuted_digits(num_tasks: int = 10, seed: int = 0, test_fraction: float = 0
         raise ValueError(f"num_tasks must be at least 1, got {num_tasks!r}")
     x_train, y_train, x_test, y_test = digits_split(seed, test_fraction)
     permutations = task_permutations(num_tasks, seed)
-    return tensors_benchmark(
-        train_tensors=[(x_train[:, p], y_train) for p in permutations],
-        test_tensors=[(x_test[:, p], y_test) for p in permutations],
-        task_labels=[0] * num_tasks,
-    )
+    # One stored copy of the digits; each task permutes them when read (image.benchmarks.permuted).
+    return permuted_benchmark({"train": (x_train, y_train), "test": (x_test, y_test)}, permutations)

@@ -9,18 +9,19 @@ task is permuted too). Images are scaled to [0, 1], normalised with MNIST's mean
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.datasets import MNIST
 
+from gpm_gainlora_experiments.image.benchmarks.permuted import PermutedSplits, permuted_benchmark
 from gpm_gainlora_experiments.image.benchmarks.image_data import (
     ImageBenchmark,
     RawImages,
     SizeCaps,
     TaskSplits,
-    make_benchmark,
+    VALID_STREAM,
+    Split,
     normalise,
     require_files,
     subsample,
@@ -94,10 +95,10 @@ def pmnist_tasks(
 ) -> list[TaskSplits]:
     """The tensors of Permuted MNIST, task by task (what :func:`pmnist` wraps into a benchmark).
 
-    Every task holds its own permuted float32 copy of the data, because ``tensors_benchmark`` applies
-    one transform to every experience and so cannot permute lazily per task. At full size that is
-    about 220 MB per task (2.2 GB for ten); the size caps shrink it proportionally. The caps pick the
-    same images for every task, so tasks differ only by their permutation.
+    Every task holds its own permuted float32 copy of the data, about 220 MB per task at full size
+    (2.2 GB for ten), as research code stores it; :func:`pmnist` builds the benchmark from one shared
+    copy instead. The caps pick the same images for every task, so tasks differ only by their
+    permutation.
 
     :param data_root: folder holding ``MNIST/raw/*-ubyte`` (torchvision's layout).
     :param num_tasks: number of tasks.
@@ -113,6 +114,21 @@ def pmnist_tasks(
         raise ValueError(f"num_tasks must be at least 1, got {num_tasks!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    flat, permutations = _shared_splits(
+        data_root, num_tasks, seed, val_fraction, SizeCaps(train_size_per_task, val_size_per_task, test_size_per_task),
+        download,
+    )  # fmt: skip
+    return [TaskSplits(*((x[:, perm], y) for x, y in flat)) for perm in permutations]
+
+
+def _shared_splits(
+    data_root: str | Path, num_tasks: int, seed: int, val_fraction: float, caps: SizeCaps, download: bool
+) -> tuple[list[Split], list[Tensor]]:
+    """The unpermuted, normalised, flattened train/validation/test splits and each task's permutation."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be at least 1, got {num_tasks!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     raw = load_mnist(data_root, download=download)
     num_val = max(1, int(val_fraction * len(raw.train_y)))
     # The protocol holds out the *first* 10% of the file, not a random 10%.
@@ -121,19 +137,34 @@ def pmnist_tasks(
         (raw.train_x[:num_val], raw.train_y[:num_val]),
         (raw.test_x, raw.test_y),
     )
-    caps = SizeCaps(train_size_per_task, val_size_per_task, test_size_per_task)
     generator = torch.Generator().manual_seed(seed)
     mean, std = torch.tensor(MNIST_MEAN), torch.tensor(MNIST_STD)
     flat = [
         (normalise(x, mean, std).flatten(1), y)
         for x, y in (subsample(split, cap, generator) for split, cap in zip(splits, caps))
     ]
-    return [TaskSplits(*((x[:, perm], y) for x, y in flat)) for perm in pixel_permutations(num_tasks, seed)]
+    return flat, pixel_permutations(num_tasks, seed)
 
 
-def pmnist(data_root: str | Path, num_tasks: int = 10, seed: int = 0, **options: Any) -> ImageBenchmark:
-    """Build Permuted MNIST from :func:`pmnist_tasks` (``options``: its keyword-only arguments).
+def pmnist(
+    data_root: str | Path,
+    num_tasks: int = 10,
+    seed: int = 0,
+    *,
+    val_fraction: float = 0.1,
+    train_size_per_task: int | None = None,
+    val_size_per_task: int | None = None,
+    test_size_per_task: int | None = None,
+    download: bool = False,
+) -> ImageBenchmark:
+    """Permuted MNIST as an Avalanche benchmark holding one copy of MNIST (arguments of :func:`pmnist_tasks`).
+
+    The experiences permute the shared tensors when read (:mod:`.permuted`), about 220 MB for any
+    number of tasks; their samples equal :func:`pmnist_tasks`' stored copies.
 
     :return: the benchmark (inputs ``(N, 784)``, labels 0..9, task label 0) and its validation tensors.
     """
-    return make_benchmark(pmnist_tasks(data_root, num_tasks, seed, **options), [0] * num_tasks)
+    caps = SizeCaps(train_size_per_task, val_size_per_task, test_size_per_task)
+    (train, val, test), permutations = _shared_splits(data_root, num_tasks, seed, val_fraction, caps, download)
+    benchmark = permuted_benchmark({"train": train, "test": test, VALID_STREAM: val}, permutations)
+    return ImageBenchmark(benchmark=benchmark, val=PermutedSplits(val, permutations))
