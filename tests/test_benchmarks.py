@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import torch
 
 from benchmarks import gainlora_step_cost, generation_throughput, gpm_step_cost, gpm_update_cost, pmnist_end_to_end
-from gpm_gainlora_experiments.image.benchmarks.image_data import TaskSplits
+from tests.image_fixtures import write_mnist
 
 
 def test_gpm_step_cost_writes_a_row_per_memory_fill(tmp_path):
@@ -78,24 +77,16 @@ def test_gpm_update_cost_times_every_update(tmp_path):
     assert "pmnist_mlp" in (tmp_path / "gpm_update_cost.md").read_text()
 
 
-def _random_pmnist_tasks(*args, **kwargs) -> list[TaskSplits]:
-    generator = torch.Generator().manual_seed(0)
-
-    def split(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randn(size, 784, generator=generator), torch.randint(0, 10, (size,), generator=generator)
-
-    return [TaskSplits(split(40), split(10), split(20)) for _ in range(2)]
-
-
-def test_pmnist_end_to_end_runs_the_three_loops_on_the_same_tasks(tmp_path, monkeypatch):
-    monkeypatch.setattr(pmnist_end_to_end, "pmnist_tasks", _random_pmnist_tasks)
+def test_pmnist_end_to_end_runs_the_three_loops_on_the_same_tasks(tmp_path):
+    write_mnist(tmp_path, "MNIST", train=50, test=10, seed=0)  # 45 training images after the validation 10 %
     pmnist_end_to_end.main(
         ["--data-root", str(tmp_path), "--tasks", "2", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
     )
     record = json.loads((tmp_path / "pmnist_end_to_end.json").read_text())
-    assert record["protocol"]["training_steps"] == 2 * 4  # 2 tasks x 40 samples / batch 10
+    assert record["protocol"]["training_steps"] == 2 * 5  # 2 tasks x 45 samples / batch 10
     for side in ("ours", "plain", "avalanche_naive"):
         matrix = record[side]["accuracy_matrix"]
         assert len(matrix) == 2 and all(len(row) == 2 for row in matrix), side
         assert record[side]["seconds"] > record[side]["eval_seconds"] > 0
+        assert record[side]["peak_rss_gb"] > 0.05, side  # measured in the side's own process
     assert record["ratio"] == record["ours"]["seconds"] / record["plain"]["seconds"]
