@@ -20,6 +20,9 @@ from gpm_gainlora_experiments.image.benchmarks import get_benchmark
 from gpm_gainlora_experiments.image.benchmarks.permuted import PermutedFeatures, PermutedSplits, permuted_benchmark
 from gpm_gainlora_experiments.image.benchmarks.permuted_digits import digits_split, permuted_digits, task_permutations
 from gpm_gainlora_experiments.image.plugins import BatchedLoading
+from gpm_gainlora_experiments.image.cli import run_keywords
+from gpm_gainlora_experiments.image.run import parse_args
+from gpm_gainlora_experiments.image.runner import run
 from gpm_gainlora_experiments.image.strategies import build_strategy
 
 
@@ -206,3 +209,17 @@ def test_permuted_features_rejects_bad_shapes():
         PermutedFeatures(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), torch.arange(3))
     with pytest.raises(ValueError, match="permutation of 0..2"):
         PermutedFeatures(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1]))
+
+
+def test_runner_records_are_identical_with_and_without_batched_loading(tmp_path):
+    hyperparams = get_benchmark("permuted_digits").defaults.replace(epochs=1)
+    records = [
+        run("permuted_digits", "gpm", 0, tmp_path / str(batched), hyperparams=hyperparams, num_tasks=2,
+            progress=False, batched_loading=batched)
+        for batched in (True, False)
+    ]  # fmt: skip
+    assert records[0]["accuracy_matrix"] == records[1]["accuracy_matrix"]
+    assert records[0]["gpm_usage_history"] == records[1]["gpm_usage_history"]
+    assert records[0]["config"] == records[1]["config"]  # the data path is not part of the protocol
+    assert run_keywords(parse_args(["--avalanche-loader"]))["batched_loading"] is False
+    assert run_keywords(parse_args([]))["batched_loading"] is True

@@ -163,6 +163,7 @@ def tune(
     progress: bool = True,
     loggers: Sequence[str] = (),
     log_dir: str | os.PathLike | None = None,
+    batched_loading: bool = True,
 ) -> str:
     """Run every (point, seed) on the validation split, then write and return the ranking table.
 
@@ -180,6 +181,8 @@ def tune(
     :param progress: show progress bars.
     :param loggers: Avalanche loggers of every run, by name (see :func:`~gpm_gainlora_experiments.image.runner.run`).
     :param log_dir: folder of the runs' logs (default ``<out_dir>/logs``).
+    :param batched_loading: gather mini-batches from tensors where provably identical (see
+        :func:`~gpm_gainlora_experiments.image.runner.run`).
     :return: the markdown table of every point recorded in ``out_dir``, best validation ACC first.
     """
     spec = get_benchmark(benchmark)
@@ -206,6 +209,7 @@ def tune(
                 record_name=point_record_name(strategy, point),
                 loggers=loggers,
                 log_dir=log_dir,
+                batched_loading=batched_loading,
             )
     return write_tuning_report(out_dir, strategy)
 
