@@ -62,6 +62,23 @@ def test_several_task_groups_of_one_leaf_interleave_as_avalanche_does():
     _assert_same_batches(_epochs(loader()), _epochs(batched_loader(loader())))
 
 
+def test_a_joint_dataset_of_several_leaves_gathers_each_part_in_place():
+    # Joint training concatenates the experiences: each lazy permuted task is its own leaf.
+    stream = permuted_digits(num_tasks=3).train_stream
+    joint = stream[0].dataset.concat(stream[1].dataset).concat(stream[2].dataset).train()
+    loader = lambda: TaskBalancedDataLoader(joint, batch_size=16, shuffle=True)  # noqa: E731
+    assert len(batched_loader(loader()).source.gatherers) == 3
+    _assert_same_batches(_epochs(loader()), _epochs(batched_loader(loader())))
+
+
+def test_leaves_with_different_sample_types_fall_back():
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    first = _make_taskaware_tensor_classification_dataset(x, y, task_labels=0)
+    second = _make_taskaware_tensor_classification_dataset(x.double(), y, task_labels=0)
+    with pytest.raises(NotBatchable, match="differ in dtype"):
+        batched_loader(TaskBalancedDataLoader(first.concat(second).train(), batch_size=5))
+
+
 def _train_gpm(plugins: list) -> tuple[list[list[float]], dict, dict]:
     """Two Permuted Digits tasks of GPM (one epoch each): accuracy matrix, weights, GPM state."""
     torch.manual_seed(0)

@@ -108,7 +108,7 @@ def test_pmnist_benchmark_shares_one_copy_and_equals_the_stored_tasks(data_root:
         for (x, y, t), task in zip(_stream(lazy, name), stored):
             assert torch.equal(x, getattr(task, field)[0]) and torch.equal(y, getattr(task, field)[1]) and t == 0
     assert all(torch.equal(a[0], b.val[0]) for a, b in zip(lazy.val, stored))
-    leaves = [tensor_source([exp.dataset]).gather_rows.__self__ for exp in lazy.benchmark.train_stream]
+    leaves = [tensor_source([exp.dataset]).gatherers[0].__self__ for exp in lazy.benchmark.train_stream]
     assert len({leaf.features.data_ptr() for leaf in leaves}) == 1
 
 

@@ -64,19 +64,35 @@ class BatchGatherable(Protocol):
 class TensorSource:
     """Every sample of a dataset as tensor rows: the leaf fields, then the data attributes Avalanche appends.
 
-    :param gather_rows: gathers the leaf's fields for a tensor of leaf rows.
-    :param rows: the leaf row of each position of the dataset.
+    :param gatherers: one function per leaf dataset, gathering its fields for a tensor of its rows.
+    :param leaves: the gatherer of each position of the dataset.
+    :param rows: the leaf row of each position.
     :param attributes: per position, the value of each data attribute used in ``__getitem__`` (the
         task label of a task-aware dataset), in the order Avalanche appends them.
     """
 
-    gather_rows: Callable[[Tensor], list[Tensor]]
+    gatherers: tuple[Callable[[Tensor], list[Tensor]], ...]
+    leaves: Tensor
     rows: Tensor
     attributes: tuple[Tensor, ...]
 
     def gather(self, positions: Tensor) -> list[Tensor]:
         """The collated mini-batch of the samples at ``positions``."""
-        return [*self.gather_rows(self.rows[positions]), *(values[positions] for values in self.attributes)]
+        rows = self.rows[positions]
+        fields = self.gatherers[0](rows) if len(self.gatherers) == 1 else self._gather_mixed(self.leaves[positions], rows)
+        return [*fields, *(values[positions] for values in self.attributes)]
+
+    def _gather_mixed(self, leaves: Tensor, rows: Tensor) -> list[Tensor]:
+        # A batch drawn from several leaves (a joint dataset): each leaf's part, put back in place.
+        fields: list[Tensor] = []
+        for leaf in leaves.unique().tolist():
+            where = (leaves == leaf).nonzero().squeeze(1)
+            parts = self.gatherers[leaf](rows[where])
+            if not fields:
+                fields = [part.new_empty((len(rows), *part.shape[1:])) for part in parts]
+            for field, part in zip(fields, parts):
+                field[where] = part
+        return fields
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -85,28 +101,50 @@ class TensorSource:
 def tensor_source(datasets: Sequence[AvalancheDataset]) -> TensorSource:
     """The samples of the concatenation of ``datasets`` as one :class:`TensorSource`.
 
-    :param datasets: Avalanche datasets (the groups of a loader), all backed by the same leaf dataset.
+    :param datasets: Avalanche datasets (the groups of a loader), backed by one or several leaf
+        datasets whose samples have the same field types and shapes.
     :raises NotBatchable: when equality with Avalanche's per-sample path cannot be proven.
     """
     if avalanche.__version__ != TESTED_AVALANCHE:
         raise NotBatchable(f"avalanche-lib {avalanche.__version__} (the batched path is tested on {TESTED_AVALANCHE})")
     resolved = [_resolve_dataset(dataset) for dataset in datasets]
-    leaf = resolved[0][0]
-    if any(other is not leaf for other, _, _ in resolved):
-        raise NotBatchable("the loader's groups come from different leaf datasets")
     if len({len(attributes) for _, _, attributes in resolved}) > 1:
         raise NotBatchable("the loader's groups have different data attributes")
-    if hasattr(leaf, "ffcv_info"):
+    leaves: list[Any] = []  # distinct leaf datasets, by identity
+    leaf_of_positions, rows = [], []
+    for pieces, positions, _ in resolved:
+        leaf_of = torch.empty(positions, dtype=torch.int64)
+        leaf_rows = torch.empty(positions, dtype=torch.int64)
+        for leaf, where, leaf_row in pieces:
+            known = [i for i, seen in enumerate(leaves) if seen is leaf]
+            if not known:
+                leaves.append(leaf)
+            leaf_of[where] = known[0] if known else len(leaves) - 1
+            leaf_rows[where] = leaf_row
+        leaf_of_positions.append(leaf_of)
+        rows.append(leaf_rows)
+    if any(hasattr(leaf, "ffcv_info") for leaf in leaves):
         raise NotBatchable("the dataset is prepared for FFCV loading")
+    gatherers = tuple(_leaf_gatherer(leaf) for leaf in leaves)
+    _check_same_fields(gatherers)
     return TensorSource(
-        gather_rows=_leaf_gatherer(leaf),
-        rows=torch.cat([rows for _, rows, _ in resolved]),
+        gatherers=gatherers,
+        leaves=torch.cat(leaf_of_positions),
+        rows=torch.cat(rows),
         attributes=tuple(torch.cat(values) for values in zip(*(attributes for _, _, attributes in resolved))),
     )
 
 
-def _resolve_dataset(dataset: AvalancheDataset) -> tuple[Any, Tensor, tuple[Tensor, ...]]:
-    """The leaf behind ``dataset``, the leaf row of each position, and the appended attribute values."""
+def _check_same_fields(gatherers: Sequence[Callable[[Tensor], list[Tensor]]]) -> None:
+    """Samples of different leaves must collate into the same dtypes and shapes (no promotion)."""
+    first = torch.zeros(1, dtype=torch.int64)
+    kinds = {tuple((part.dtype, part.shape[1:], part.device) for part in gather(first)) for gather in gatherers}
+    if len(kinds) > 1:
+        raise NotBatchable("the leaf datasets' samples differ in dtype, shape or device")
+
+
+def _resolve_dataset(dataset: AvalancheDataset) -> tuple[list[tuple[Any, Tensor, Tensor]], int, tuple[Tensor, ...]]:
+    """The ``(leaf, where, rows)`` pieces behind ``dataset``, its length, and the appended attribute values."""
     if not isinstance(dataset, AvalancheDataset) or type(dataset).__getitem__ is not AvalancheDataset.__getitem__:
         raise NotBatchable(f"{type(dataset).__name__} is not a plain AvalancheDataset")
     if dataset.collate_fn is not default_collate:
@@ -115,15 +153,11 @@ def _resolve_dataset(dataset: AvalancheDataset) -> tuple[Any, Tensor, tuple[Tens
     group = flat._transform_groups.current_group if isinstance(flat, _FlatDataWithTransform) else None
     _check_identity_transforms(flat, group)
     positions = torch.arange(len(dataset))
-    pieces = _resolve(flat, positions)
-    if len(pieces) != 1:
-        raise NotBatchable("the dataset concatenates several leaf datasets")
-    (leaf, _, rows), = pieces
     attributes = tuple(
         _attribute_values(attribute, positions) for attribute in dataset._data_attributes.values()
         if attribute.use_in_getitem
     )
-    return leaf, rows, attributes
+    return _resolve(flat, positions), len(dataset), attributes
 
 
 def _check_identity_transforms(node: Any, group: str | None) -> None:
