@@ -19,7 +19,9 @@ from avalanche_gpm import GPM
 from gpm_gainlora_experiments.image.benchmarks import BENCHMARKS, CIFAR100_SCHEDULE, FIVE_DATASETS_SCHEDULE, BenchmarkSpec
 from gpm_gainlora_experiments.image.hyperparams import Hyperparams, LRScheduleConfig
 from gpm_gainlora_experiments.image.plugins import PlateauDecision, PlateauTracker, ValidationLRSchedule
+from gpm_gainlora_experiments.image import batched_data
 from gpm_gainlora_experiments.image import runner as runner_module
+from gpm_gainlora_experiments.image.plugins import validation_schedule
 from gpm_gainlora_experiments.image.runner import run
 from gpm_gainlora_experiments.image.strategies import build_strategy
 from tests.helpers import quiet_evaluator
@@ -174,6 +176,30 @@ def test_validation_loss_is_the_sample_mean_of_the_task_head_in_eval_mode():
     assert set(t.tolist()) == {1}
     assert plugin.tracker.best_loss == pytest.approx(expected, rel=1e-6)
     assert recorder.training_mode == [True], "training must resume in train mode after validation"
+
+
+def test_validation_batches_by_tensor_gathers_give_the_data_loaders_loss(monkeypatch):
+    def best_loss() -> float:
+        torch.manual_seed(0)
+        benchmark, model = tiny_benchmark(), TinyMultiHead()
+        plugin = schedule_plugin(benchmark, eval_mb_size=4)
+        naive(model, [plugin], epochs=1).train(benchmark.train_stream[1])
+        return plugin.tracker.best_loss
+
+    sources = []
+
+    def recorded_source(datasets):
+        sources.append(batched_data.tensor_source(datasets))
+        return sources[-1]
+
+    monkeypatch.setattr(validation_schedule, "tensor_source", recorded_source)
+    batched = best_loss()
+
+    def not_batchable(datasets):
+        raise validation_schedule.NotBatchable("test")
+
+    monkeypatch.setattr(validation_schedule, "tensor_source", not_batchable)
+    assert sources and best_loss() == batched
 
 
 def test_training_stops_once_the_rate_falls_below_the_minimum():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum
 
 import torch
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from avalanche_gpm.distributed import DistributedHelper
+from gpm_gainlora_experiments.image.batched_data import NotBatchable, tensor_source
 
 
 class PlateauDecision(Enum):
@@ -219,20 +220,29 @@ class ValidationLRSchedule(SupervisedPlugin, supports_distributed=True):
     @torch.no_grad()
     def _local_validation_loss(self, strategy) -> float:
         dataset = self._valid_dataset
-        loader = DataLoader(dataset, batch_size=self.eval_mb_size, shuffle=False, collate_fn=dataset.collate_fn)
         # The bare model: DDP's wrapper would hide the task heads from avalanche_forward.
         model, device = DistributedHelper.unwrap_model(strategy.model), strategy.device
         was_training = model.training
         model.eval()
         total = torch.zeros((), device=device)
         try:
-            for x, y, task_labels, *_ in loader:
+            for x, y, task_labels, *_ in self._batches(dataset):
                 output = avalanche_forward(model, x.to(device), task_labels.to(device))
                 total += F.cross_entropy(output, y.to(device), reduction="sum")
         finally:
             # Training resumes with the next epoch without another `model.train()` from Avalanche.
             model.train(was_training)
         return total.item() / len(dataset)
+
+    def _batches(self, dataset: AvalancheDataset) -> Iterator[list[Tensor]]:
+        # The same batches as a DataLoader in order, by tensor gathers where the data allow it.
+        try:
+            source = tensor_source([dataset])
+        except NotBatchable:
+            yield from DataLoader(dataset, batch_size=self.eval_mb_size, shuffle=False, collate_fn=dataset.collate_fn)
+            return
+        for start in range(0, len(source), self.eval_mb_size):
+            yield source.gather(torch.arange(start, min(start + self.eval_mb_size, len(source))))
 
 
 def _copy_state(model: nn.Module) -> dict[str, Tensor]:
