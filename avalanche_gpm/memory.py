@@ -44,15 +44,6 @@ class LayerMemoryUsage:
         return self.basis_size / self.input_dim
 
 
-def _parameters(layer: nn.Module) -> list[nn.Parameter]:
-    return [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
-
-
-def has_gradient(layer: nn.Module) -> bool:
-    """Whether autograd left a gradient on any of the layer's parameters."""
-    return any(param.grad is not None for param in _parameters(layer))
-
-
 def projection_dtype(layer: nn.Module) -> torch.dtype:
     """The precision a layer's gradient is projected in: at least float32, since in bfloat16 or
     float16 ``I - M M^T`` is no projection and leaks the protected component at every step."""
@@ -64,7 +55,12 @@ def gradient_matrix(layer: nn.Module) -> Tensor:
 
     A parameter without a gradient (a loss term that touched only the weight) counts as zeros.
     """
-    weight, bias = layer.weight, layer.bias
+    return _gradient_matrix(layer.weight, layer.bias)
+
+
+# The two below take the parameters, not the layer: they run for every protected layer at every
+# step, where each module attribute lookup costs about a microsecond.
+def _gradient_matrix(weight: nn.Parameter, bias: nn.Parameter | None) -> Tensor:
     grad = torch.zeros_like(weight) if weight.grad is None else weight.grad
     grad = grad.reshape(weight.shape[0], -1)
     if bias is None:
@@ -73,19 +69,22 @@ def gradient_matrix(layer: nn.Module) -> Tensor:
     return torch.cat([grad, bias_grad.unsqueeze(1)], dim=1)
 
 
-def set_gradient_matrix(layer: nn.Module, matrix: Tensor) -> None:
-    """Write an ``(out, input_dim)`` matrix into the layer's ``.grad`` fields (created if missing)."""
-    weight, bias = layer.weight, layer.bias
-    # Called for every protected layer at every step: plain reshapes, no per-call bookkeeping.
+def _set_gradient_matrix(weight: nn.Parameter, bias: nn.Parameter | None, matrix: Tensor) -> None:
+    """Write an ``(out, input_dim)`` matrix into the parameters' ``.grad`` fields (created if missing)."""
     if bias is None:
-        parts = [(weight, matrix.reshape(weight.shape))]
+        parts = ((weight, matrix.reshape(weight.shape)),)
     else:
-        parts = [(weight, matrix[:, :-1].reshape(weight.shape)), (bias, matrix[:, -1])]
+        parts = ((weight, matrix[:, :-1].reshape(weight.shape)), (bias, matrix[:, -1]))
     for param, grad in parts:
         if param.grad is None:
-            param.grad = grad.to(param.dtype).contiguous()
+            param.grad = _in_dtype(grad, param.dtype).contiguous()
         else:
             param.grad.copy_(grad)
+
+
+def _in_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    # Comparing first skips a dispatch per call in the common case (already in that dtype).
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 #: The fixed cost of taking a linear layer's call over on the input side, in floating-point
@@ -261,16 +260,19 @@ class GradientProjectionMemory:
             basis = self.bases[name]
             if basis is None or basis.shape[1] == 0:
                 continue
-            projector, dtype = self._projector(name, layer), projection_dtype(layer)
-            projected = projector(gradient_matrix(layer).to(dtype)) if has_gradient(layer) else None
-            taken = (steps or {}).get(name)
+            projector = self._projector(name, layer)
+            dtype = projector.dtype
+            weight, bias = layer.weight, layer.bias
+            left_by_autograd = weight.grad is not None or (bias is not None and bias.grad is not None)
+            projected = projector(_in_dtype(_gradient_matrix(weight, bias), dtype)) if left_by_autograd else None
+            taken = steps.get(name) if steps else None
             pairs = None if taken is None else taken.pairs()
             if pairs is not None:
                 delta, inputs = pairs
-                own = delta.to(dtype).T @ projector(inputs.to(dtype))
+                own = _in_dtype(delta, dtype).T @ projector(_in_dtype(inputs, dtype))
                 projected = own if projected is None else projected.add_(own)
             if projected is not None:
-                set_gradient_matrix(layer, projected)
+                _set_gradient_matrix(weight, bias, projected)
                 self.last_paths[name] = "gradient" if pairs is None else "inputs"
 
     def state_dict(self) -> dict:

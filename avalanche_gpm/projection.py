@@ -70,7 +70,7 @@ class SubspaceProjector:
         self, basis: Tensor, out_dim: int, form: ProjectionForm | None = None, scales: Tensor | None = None
     ):
         in_dim, rank = basis.shape
-        self.rank = rank
+        self.rank, self.dtype = rank, basis.dtype
         if scales is not None and form == "complement":
             raise ValueError("the complement form cannot apply a scaled (SGP) projection; use 'dense' or 'basis'")
         self.form: ProjectionForm = form or cheapest_form(out_dim, in_dim, rank, available_forms(scales is not None))
