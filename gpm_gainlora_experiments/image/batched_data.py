@@ -110,22 +110,19 @@ def tensor_source(datasets: Sequence[AvalancheDataset]) -> TensorSource:
     resolved = [_resolve_dataset(dataset) for dataset in datasets]
     if len({len(attributes) for _, _, attributes in resolved}) > 1:
         raise NotBatchable("the loader's groups have different data attributes")
-    leaves: list[Any] = []  # distinct leaf datasets, by identity
+    leaves: dict[int, tuple[int, Any]] = {}  # distinct leaf datasets by identity: (index, leaf)
     leaf_of_positions, rows = [], []
     for pieces, positions, _ in resolved:
         leaf_of = torch.empty(positions, dtype=torch.int64)
         leaf_rows = torch.empty(positions, dtype=torch.int64)
         for leaf, where, leaf_row in pieces:
-            known = [i for i, seen in enumerate(leaves) if seen is leaf]
-            if not known:
-                leaves.append(leaf)
-            leaf_of[where] = known[0] if known else len(leaves) - 1
+            leaf_of[where] = leaves.setdefault(id(leaf), (len(leaves), leaf))[0]
             leaf_rows[where] = leaf_row
         leaf_of_positions.append(leaf_of)
         rows.append(leaf_rows)
-    if any(hasattr(leaf, "ffcv_info") for leaf in leaves):
+    if any(hasattr(leaf, "ffcv_info") for _, leaf in leaves.values()):
         raise NotBatchable("the dataset is prepared for FFCV loading")
-    gatherers = tuple(_leaf_gatherer(leaf) for leaf in leaves)
+    gatherers = tuple(_leaf_gatherer(leaf) for _, leaf in leaves.values())
     _check_same_fields(gatherers)
     return TensorSource(
         gatherers=gatherers,
