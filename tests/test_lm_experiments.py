@@ -179,6 +179,13 @@ def test_report_writes_tables_and_heat_maps(sweep):
     for row in rows:
         assert float(row["ap_mean"]) == pytest.approx(records[row["method"]]["ap"])
         assert row["ap_std"] == "" and row["num_seeds"] == "1"
+    for base in ("olora", "inflora"):
+        gated, plain = records[f"gainlora_{base}"], records[base]
+        gain, cut = gated["ap"] - plain["ap"], plain["ft"] - gated["ft"]
+        assert (
+            f"| gainlora_{base} vs {base} | 0 | {gain:+.2f} ({gain:+.2f}) | {cut:+.2f} ({cut:+.2f}) "
+            f"| {int(gain > 0)} of 1 | {int(cut > 0)} of 1 |"
+        ) in markdown
 
 
 def test_report_refuses_methods_run_on_other_data_or_settings(sweep, tmp_path):

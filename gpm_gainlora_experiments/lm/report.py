@@ -2,7 +2,8 @@
 
 ``gpm-gainlora-lm-report results/lm/superni_order1`` rebuilds the report of a folder
 (``gpm_gainlora_experiments.lm.run`` calls it at the end of a sweep). It writes ``summary.md`` (AP and FT per
-method, mean ± sample std over seeds, plus final per-task scores and the other metric),
+method, mean ± sample std over seeds; GainLoRA(X) minus X per seed both ran; final per-task scores
+and the other metric),
 ``summary.csv``, ``score_matrices.png`` (seed-averaged ``a[l][i]`` per method) and, when GainLoRA
 methods ran, ``gate_heatmap.png`` (seed-averaged gate matrix ``G[i][j]`` per GainLoRA method) and
 ``gate_opening.png`` (each new gate on its own task's training prompts at the start and end of the
@@ -74,6 +75,38 @@ def _secondary_table(groups: Mapping[str, Sequence[Mapping[str, Any]]], order: S
     return "\n".join(lines)
 
 
+def _differences(values: Sequence[float]) -> str:
+    return f"{np.mean(values):+.2f} ({', '.join(f'{v:+.2f}' for v in values)})" if values else "–"
+
+
+def _against_base_table(groups: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> str:
+    """GainLoRA(X) minus X on AP and FT over the seeds both ran: the paper's claim, per base method.
+
+    Seeds are paired (same data order and initialisation), so the per-seed differences are listed
+    and counted: "better" means a higher AP and a lower FT than the base in that seed.
+    """
+    lines = [
+        "| comparison | seeds | AP gain (per seed) | FT reduction (per seed) | better AP in | lower FT in |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for base in ("olora", "inflora"):
+        gated = f"gainlora_{base}"
+        if base not in groups or gated not in groups:
+            continue
+        by_seed = [{run["config"]["seed"]: run["metrics"][metric] for run in groups[name]} for name in (gated, base)]
+        seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+        if not seeds:
+            continue
+        gains = [by_seed[0][seed]["ap"] - by_seed[1][seed]["ap"] for seed in seeds]
+        fts = [(by_seed[1][seed]["ft"], by_seed[0][seed]["ft"]) for seed in seeds]
+        cuts = [plain - ours for plain, ours in fts if plain is not None and ours is not None]  # None: one task
+        lines.append(
+            f"| {gated} vs {base} | {', '.join(map(str, seeds))} | {_differences(gains)} | {_differences(cuts)} "
+            f"| {sum(g > 0 for g in gains)} of {len(gains)} | {sum(c > 0 for c in cuts)} of {len(cuts)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def write_lm_report(out_dir: str | os.PathLike) -> str:
     """Write ``summary.md``, ``summary.csv``, ``score_matrices.png`` and ``gate_heatmap.png``.
 
@@ -106,6 +139,7 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
     seeds = sorted({record["config"]["seed"] for record in records})
     split = (config.get("data") or {}).get("eval_split", "test")
     diagnostics = diagnostics_table(groups, order, tasks)
+    against_base = _against_base_table(groups, primary)
     markdown = "\n".join(
         [
             f"# {config['benchmark']}: {len(tasks)} tasks, {config['model']}",
@@ -125,6 +159,7 @@ def write_lm_report(out_dir: str | os.PathLike) -> str:
             markdown_table(rows, headers=("method", "AP", "FT"), scale=1.0),
             "",
             *divergence_note(groups),
+            *(["## GainLoRA against its base method (seeds both ran)", "", against_base, ""] if against_base else []),
             f"## Final {SCORE_TITLES[primary]} per task (seed mean)",
             "",
             _final_scores_table(groups, order, tasks, primary),
