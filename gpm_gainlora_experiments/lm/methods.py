@@ -68,13 +68,19 @@ class MethodSpec:
     :param description: one line for help texts.
     :param build: ``build(branches, options, threshold, gate_hidden)`` -> the plugin list.
     :param options: the fields of :class:`MethodOptions` the method reads.
-    :param gated: whether it is a GainLoRA method (it has gates, hence a gate matrix).
+    :param base: for a GainLoRA method, the registered method its gates sit on (the one the
+        paper's claim compares it with); None for ungated methods.
     """
 
     description: str
     build: PluginBuilder
     options: tuple[str, ...]
-    gated: bool = False
+    base: str | None = None
+
+    @property
+    def gated(self) -> bool:
+        """Whether it is a GainLoRA method (it has gates, hence a gate matrix)."""
+        return self.base is not None
 
 
 def _olora(branches: LoraBranches, options: MethodOptions) -> OLoRAPlugin:
@@ -118,13 +124,13 @@ METHODS: dict[str, MethodSpec] = {
         "GainLoRA gates on top of O-LoRA",
         lambda b, o, t, h: [_gates(_olora(b, o), o, t, h)],
         ("lambda1", *_GATE_OPTIONS),
-        gated=True,
+        base="olora",
     ),
     "gainlora_inflora": MethodSpec(
         "GainLoRA gates on top of InfLoRA",
         lambda b, o, t, h: [_gates(_inflora(b, o, t), o, t, h)],
         ("inflora_max_samples", *_GATE_OPTIONS),
-        gated=True,
+        base="inflora",
     ),
 }
 

@@ -89,17 +89,17 @@ def _against_base_table(groups: Mapping[str, Sequence[Mapping[str, Any]]], metri
         "| comparison | seeds | AP gain (per seed) | FT reduction (per seed) | better AP in | lower FT in |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for base in ("olora", "inflora"):
-        gated = f"gainlora_{base}"
-        if base not in groups or gated not in groups:
-            continue
-        by_seed = [{run["config"]["seed"]: run["metrics"][metric] for run in groups[name]} for name in (gated, base)]
-        seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    pairs = [(name, spec.base) for name, spec in METHODS.items() if spec.base in groups and name in groups]
+    for gated, base in pairs:
+        ours, theirs = (
+            {run["config"]["seed"]: run["metrics"][metric] for run in groups[name]} for name in (gated, base)
+        )
+        seeds = sorted(set(ours) & set(theirs))
         if not seeds:
             continue
-        gains = [by_seed[0][seed]["ap"] - by_seed[1][seed]["ap"] for seed in seeds]
-        fts = [(by_seed[1][seed]["ft"], by_seed[0][seed]["ft"]) for seed in seeds]
-        cuts = [plain - ours for plain, ours in fts if plain is not None and ours is not None]  # None: one task
+        gains = [ours[seed]["ap"] - theirs[seed]["ap"] for seed in seeds]
+        fts = [(theirs[seed]["ft"], ours[seed]["ft"]) for seed in seeds]
+        cuts = [plain - gated_ft for plain, gated_ft in fts if None not in (plain, gated_ft)]  # None: one task
         lines.append(
             f"| {gated} vs {base} | {', '.join(map(str, seeds))} | {_differences(gains)} | {_differences(cuts)} "
             f"| {sum(g > 0 for g in gains)} of {len(gains)} | {sum(c > 0 for c in cuts)} of {len(cuts)} |"
