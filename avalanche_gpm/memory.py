@@ -88,8 +88,8 @@ def _in_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 #: The fixed cost of taking a linear layer's call over on the input side, in floating-point
-#: operations: measured on one CPU thread, the hooks, the autograd node and the output copy take
-#: about 40 us, the time of some 2 MFLOP of matrix products there. On the PMNIST MLP at batch 10
+#: operations: measured on one CPU thread, the replaced forward and its Python autograd function
+#: take about 40 us, the time of some 2 MFLOP of matrix products there. On the PMNIST MLP at batch 10
 #: this keeps fc2 (100 x 100) on the gradient path, where projecting saves under 2 MFLOP.
 TAKEOVER_COST_FLOPS = 2e6
 
@@ -222,7 +222,7 @@ class GradientProjectionMemory:
         Every projection form costs in proportion to the number of rows it projects, so projecting
         the call's ``rows`` inputs instead of the ``out_dim``-row gradient saves
         ``(out_dim - rows) / out_dim`` of the gradient's projection. Taking a call over has a fixed
-        cost of its own (hooks, an autograd node, a copy of the output), so small savings are not
+        cost of its own (a Python forward and autograd function per call), so small savings are not
         worth it: see :data:`TAKEOVER_COST_FLOPS`.
         """
         basis = self.bases[name]

@@ -106,7 +106,7 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
         self.experiences_learned = 0
         self.usage_history: list[dict[str, dict[str, int]]] = []
         self._selection: LayerSelection | None = None
-        self._steps: StepRecorder | None = None  # hooks of the experience being trained
+        self._steps: StepRecorder | None = None  # takes over the experience's linear layers
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ class GPMPlugin(SupervisedPlugin, supports_distributed=True):
             if self._steps is not None:  # left over by an experience that raised mid-training
                 self._steps.remove()
             linear = {name: m for name, m in self._selection.protected.items() if isinstance(m, nn.Linear)}
-            # Under DDP the hooks would see this rank's unreduced inputs, never the averaged gradient.
+            # Under DDP the recorder would see this rank's unreduced inputs, never the averaged gradient.
             self._steps = None if DistributedHelper.is_distributed else StepRecorder(linear, self._takes_over)
 
     def before_forward(self, strategy, **kwargs):

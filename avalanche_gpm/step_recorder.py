@@ -5,12 +5,12 @@ A linear layer's weight gradient is ``G = delta^T X`` (``delta``: gradients of i
 ``G_p = delta^T (X P)``, costs ``4 rows in k``, far less when a step has fewer rows (samples,
 tokens) than the layer has outputs, as in the paper's PMNIST MLP with batch 10.
 
-For such calls :class:`StepRecorder` *takes over* the weight gradient: the layer's parameters do
-not require grad while it runs, so autograd computes only the gradient of the layer's input, and
-the recorder keeps ``X`` and ``delta``. The memory then computes ``delta^T (X P)`` in place of
-autograd's ``delta^T X``: GPM's only extra work on such a layer is projecting ``X``. Anything
-else that reaches the parameters through autograd (a regulariser, a call that was not taken over)
-still lands in ``.grad`` and is projected there.
+For such calls :class:`StepRecorder` *takes over* the weight gradient: while it watches a layer,
+the layer's forward runs as one autograd function whose backward computes only the gradient of
+the layer's input and hands ``delta`` to the recorder, which also keeps ``X``. The memory then
+computes ``delta^T (X P)`` in place of autograd's ``delta^T X``: GPM's only extra work on such a
+layer is projecting ``X``. Anything else that reaches the parameters through autograd (a
+regulariser, a call that was not taken over) still lands in ``.grad`` and is projected there.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from avalanche_gpm.capture import input_vectors
 
@@ -41,27 +41,63 @@ class StepRecord:
         return torch.cat([grad for grad, _ in used]), torch.cat([x for _, x in used])
 
 
-class _KeepOutputGradient(torch.autograd.Function):
-    """Identity on a layer's output whose backward hands the output gradient to a callback.
+class _LinearKeepingOutputGradient(torch.autograd.Function):
+    """``F.linear`` whose backward gives the input's gradient only and hands the output's to ``keep``.
 
-    It takes the layer's weight as an extra input so that the output is part of the graph even
-    when nothing before it requires grad (the first layer of a network); the weight receives no
-    gradient from it. The output is cloned because in-place ops (``ReLU(inplace=True)``) may follow.
+    Weight and bias are inputs of the function, so its output is part of the graph even when
+    nothing before it requires grad (the first layer of a network); they receive no gradient
+    from it. Under autocast the forward runs in the autocast dtype and the backward matches it.
     """
 
     @staticmethod
-    def forward(ctx, output: Tensor, anchor: Tensor, keep: Callable[[Tensor], None]) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, keep: Callable[[Tensor], None]) -> Tensor:
+        output = F.linear(x, weight, bias)
         ctx.keep = keep
-        return output.clone()
+        ctx.save_for_backward(weight)
+        return output
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        ctx.keep(grad.detach())
-        return grad, None, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (weight,) = ctx.saved_tensors
+        ctx.keep(grad)
+        grad_input = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        return grad_input, None, None, None
+
+
+class _TakingOverForward:
+    """The forward a watched layer runs instead of its own: takes a training call over when it pays.
+
+    An object, not a closure, so that a deep copy of the model (a teacher copy, say) gets one bound
+    to the copied layer; the copy's recorder is never armed, so the copy computes as usual.
+    """
+
+    def __init__(self, recorder: StepRecorder, name: str, layer: nn.Linear, own_forward: Callable[..., Tensor]):
+        self.recorder, self.name, self.layer, self.own_forward = recorder, name, layer, own_forward
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        recorder, layer = self.recorder, self.layer
+        if args or kwargs or not (recorder.armed and layer.training and torch.is_grad_enabled()):
+            return self.own_forward(x, *args, **kwargs)
+        weight, bias = layer.weight, layer.bias
+        rows = x.numel() // x.shape[-1]  # samples x tokens
+        if not (weight.requires_grad and (bias is None or bias.requires_grad) and recorder.takes_over(self.name, rows)):
+            return self.own_forward(x)
+        entry = recorder.records[self.name]
+        entry.inputs.append(input_vectors(layer, x.detach()))
+        entry.output_grads.append(None)
+        slot = len(entry.output_grads) - 1
+
+        def keep(grad: Tensor) -> None:
+            entry.output_grads[slot] = grad.reshape(-1, grad.shape[-1])
+
+        return _LinearKeepingOutputGradient.apply(x, weight, bias, keep)
 
 
 class StepRecorder:
     """Takes over, during training steps, the weight gradients of linear layers where that pays.
+
+    It replaces each layer's ``forward`` (an instance attribute, as hook libraries do) until
+    :meth:`remove`; forward hooks registered on the layer still run.
 
     :param layers: the ``nn.Linear`` layers to watch, by name.
     :param takes_over: ``takes_over(name, rows)``: whether a call of layer ``name`` on ``rows``
@@ -75,51 +111,11 @@ class StepRecorder:
         # Only training iterations are taken over: other passes (another plugin's importance
         # estimate, say) keep plain autograd, and nothing would consume their records.
         self.armed = False
-        # the call being taken over: its input rows and the parameters switched off for it
-        self._pending: tuple[Tensor, list[nn.Parameter]] | None = None
-        self._handles: list[RemovableHandle] = []
+        # what each layer's instance ``forward`` was before (None: the class's own)
+        self._replaced: dict[str, Callable[..., Tensor] | None] = {}
         for name, layer in self.layers.items():
-            self._handles.append(layer.register_forward_pre_hook(self._before(name)))
-            self._handles.append(layer.register_forward_hook(self._after(name)))
-
-    def _before(self, name: str):
-        def detach_parameters(layer: nn.Linear, args: tuple) -> None:
-            if not (self.armed and layer.training and torch.is_grad_enabled()):
-                return
-            params = [p for p in (layer.weight, layer.bias) if p is not None]
-            rows = args[0].numel() // args[0].shape[-1]  # samples x tokens
-            if not (all(p.requires_grad for p in params) and self.takes_over(name, rows)):
-                return
-            inputs = input_vectors(layer, args[0].detach())
-            for param in params:
-                param.requires_grad_(False)
-            self._pending = (inputs, params)
-
-        return detach_parameters
-
-    def _after(self, name: str):
-        def keep_output_gradient(layer: nn.Linear, args: tuple, output: Tensor) -> Tensor | None:
-            if self._pending is None:
-                return None
-            inputs = self._pending[0]
-            self._restore()
-            entry = self.records[name]
-            entry.inputs.append(inputs)
-            entry.output_grads.append(None)
-            slot = len(entry.output_grads) - 1
-
-            def keep(grad: Tensor) -> None:
-                entry.output_grads[slot] = grad.reshape(-1, grad.shape[-1])
-
-            return _KeepOutputGradient.apply(output, layer.weight, keep)
-
-        return keep_output_gradient
-
-    def _restore(self) -> None:
-        if self._pending is not None:
-            for param in self._pending[1]:
-                param.requires_grad_(True)
-            self._pending = None
+            self._replaced[name] = layer.__dict__.get("forward")
+            layer.forward = _TakingOverForward(self, name, layer, layer.forward)
 
     def start_step(self) -> None:
         """Forget the previous step and take over the calls of the next forward/backward pass."""
@@ -132,15 +128,19 @@ class StepRecorder:
         self.armed = False
 
     def clear(self) -> None:
-        """Forget what was recorded; parameters of a call that raised require grad again."""
-        self._restore()
+        """Forget what was recorded."""
         for entry in self.records.values():
             entry.inputs.clear()
             entry.output_grads.clear()
 
     def remove(self) -> None:
-        """Remove the hooks."""
+        """Give every layer its own forward back."""
         self.clear()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self.armed = False
+        for name, layer in self.layers.items():
+            previous = self._replaced.pop(name, None)
+            if previous is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = previous
+        self.layers.clear()
