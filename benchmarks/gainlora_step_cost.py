@@ -47,7 +47,6 @@ import ctypes
 import ctypes.util
 import gc
 import json
-import platform
 import statistics
 import sys
 import time
@@ -68,6 +67,7 @@ from avalanche_gainlora.branches import LoraBranches
 from avalanche_gainlora.bases import official_threshold
 from avalanche_gainlora.plugins import GainLoRAPlugin, OLoRAPlugin
 from avalanche_gainlora.routing import IGNORE_INDEX
+from gpm_gainlora_experiments.common.provenance import cpu_model
 from gpm_gainlora_experiments.lm.models import resolve_model
 from tests.lm_fixtures import tiny_llama  # the tests' 2-layer LLaMA, hidden size 32, 128 tokens
 
@@ -388,7 +388,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
-        "machine": platform.processor(),
+        "machine": cpu_model(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
 

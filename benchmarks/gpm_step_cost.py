@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from avalanche_gpm.memory import GradientProjectionMemory
 from avalanche_gpm.models import alexnet, pmnist_mlp, reduced_resnet18
 from avalanche_gpm.selection import select_layers
 from avalanche_gpm.step_recorder import StepRecorder
+from gpm_gainlora_experiments.common.provenance import cpu_model
 
 FILLS = (0.1, 0.5, 0.9)
 #: The issue's targets: GPM step time / Naive step time.
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    environment = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor()}
+    environment = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": cpu_model()}
     (out / "gpm_step_cost.json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=2))
     table = markdown(rows)
     (out / "gpm_step_cost.md").write_text(table)

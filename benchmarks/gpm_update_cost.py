@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ from avalanche_gpm.capture import GramRecorder, input_dim
 from avalanche_gpm.memory import GradientProjectionMemory
 from avalanche_gpm.models import alexnet, pmnist_mlp, reduced_resnet18
 from avalanche_gpm.selection import select_layers
+from gpm_gainlora_experiments.common.provenance import cpu_model
 from benchmarks.gpm_step_cost import forward_task0
 
 THRESHOLD = 0.97
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     networks = networks_table(args.experiences, args.networks.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    environment = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor()}
+    environment = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": cpu_model()}
     record = {"environment": environment, "threshold": THRESHOLD, "widths": widths, "networks": networks}
     (out / "gpm_update_cost.json").write_text(json.dumps(record, indent=2))
     table = markdown(widths, networks)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import resource
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from gpm_gainlora_experiments.image.benchmarks.pmnist import pmnist, pmnist_task
 from gpm_gainlora_experiments.image.plugins import BatchedLoading
 from gpm_gainlora_experiments.common.evaluation import accuracy_row, quiet_evaluator
 from gpm_gainlora_experiments.common.metrics import acc_bwt
+from gpm_gainlora_experiments.common.provenance import cpu_model
 from gpm_gainlora_experiments.image.strategies import build_strategy
 
 THRESHOLDS = (0.95, 0.99, 0.99)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "protocol": {"tasks": args.tasks, "epochs": args.epochs, "train_size": train_size,
                      "batch": 10, "seed": args.seed, "training_steps": steps, "test_predictions": test_predictions},
-        "environment": {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor()},
+        "environment": {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": cpu_model()},
         "ours": ours,
         "plain": plain,
         "avalanche_naive": naive,

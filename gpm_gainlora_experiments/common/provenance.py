@@ -35,6 +35,33 @@ def package_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
     return versions
 
 
+#: The vector extensions whose kernels change float rounding (and speed) of the same code.
+_VECTOR_FLAGS = ("avx2", "avx512f", "amx_bf16")
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name and vector extensions, e.g. ``"Intel(R) Xeon(R) Processor (avx2, avx512f)"``.
+
+    Float results of the same code and seed differ between CPUs (AVX2 against AVX-512/AMX kernels
+    round differently), so records name the one they ran on. Read from ``/proc/cpuinfo`` on Linux,
+    where ``platform.processor()`` is empty.
+    """
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    present = [flag for flag in _VECTOR_FLAGS if flag in flags]
+    return f"{name} ({', '.join(present)})" if present else name
+
+
 def _git(*args: str) -> str | None:
     try:
         result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True)
@@ -104,6 +131,7 @@ def record_provenance(
         "peak_memory": {"max_rss_mib": max_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib(device)},
         "environment": {
             "device": str(device),
+            "cpu": cpu_model(),
             "packages": package_versions(extra_packages),
             "git_commit": commit,
             "source_sha256": source,
